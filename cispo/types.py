@@ -1,0 +1,95 @@
+"""The data that flows between parts. A leaf module: it imports nothing of ours.
+
+Engines return `Completion`s; the controller turns them into `Sample`s, scores
+them, groups them per prompt (`Group`), and the learner packs them into a
+`TrainBatch`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+FinishReason = Literal["stop", "length", "repetition", "env_error"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """What every rollout engine (vLLM or the built-in sampler) accepts."""
+
+    n: int = 1  # samples per prompt (the group size G)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1  # -1: no top-k
+    max_tokens: int = 64
+    stop_token_ids: tuple[int, ...] = ()
+    # Repetition early stop (MiniMax-M1): end a generation after this many
+    # consecutive tokens each sampled with probability > repetition_prob. 0 disables.
+    repetition_window: int = 0
+    repetition_prob: float = 0.99
+    seed: int | None = None
+
+
+@dataclass
+class Completion:
+    """One sampled response as an engine returns it."""
+
+    token_ids: list[int]
+    logprobs: list[float]  # log-prob of each sampled token under the sampling policy
+    finish_reason: FinishReason
+    policy_version: int = 0  # the engine's weight version when it sampled
+
+
+@dataclass
+class Sample:
+    """One response to one prompt, with everything the learner and the logs need."""
+
+    sample_id: str
+    group_id: str
+    prompt_ids: list[int]
+    response_ids: list[int]
+    behaviour_logprobs: list[float]  # per response token, from the engine that sampled
+    finish_reason: FinishReason
+    policy_version: int
+    prompt_text: str = ""
+    response_text: str = ""
+    # Per response token: 1 = trained on, 0 = masked (tool / environment output).
+    loss_mask: list[int] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)  # task row (answer, instance id, ...)
+    reward: float | None = None
+    reward_details: dict[str, Any] = field(default_factory=dict)
+    reward_error: str | None = None  # set when scoring failed; the sample is then masked
+    advantage: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.loss_mask:
+            self.loss_mask = [1] * len(self.response_ids)
+        if not (len(self.response_ids) == len(self.behaviour_logprobs) == len(self.loss_mask)):
+            raise ValueError(
+                f"sample {self.sample_id}: response_ids ({len(self.response_ids)}), "
+                f"behaviour_logprobs ({len(self.behaviour_logprobs)}) and loss_mask "
+                f"({len(self.loss_mask)}) must have the same length"
+            )
+
+    @property
+    def trainable(self) -> bool:
+        """False when scoring failed: the sample is kept and counted, never trained on."""
+        return self.reward_error is None and self.reward is not None and math.isfinite(self.reward)
+
+
+@dataclass
+class Group:
+    """The G samples of one prompt; advantages are computed within a group."""
+
+    group_id: str
+    samples: list[Sample]
+
+    @property
+    def rewards(self) -> list[float]:
+        return [s.reward if s.trainable else float("nan") for s in self.samples]
+
+    @property
+    def policy_version(self) -> int:
+        """The oldest version that sampled any of its samples."""
+        return min(s.policy_version for s in self.samples)

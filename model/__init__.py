@@ -1,0 +1,1 @@
+"""cispo.model."""
