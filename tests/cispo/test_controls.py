@@ -1,0 +1,160 @@
+"""Training controls on scripted reward, length and probability streams."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from cispo.advantages import compute_advantages
+from cispo.controls import (
+    LengthCurriculum,
+    dynamic_sampling_filter,
+    has_signal,
+    length_percentile,
+    overlong_penalty,
+    repetition_stop_index,
+    truncation_mask,
+)
+from cispo.types import Group, Sample
+
+NAN = float("nan")
+
+
+@dataclass
+class G:
+    name: str
+    rewards: list[float]
+
+
+def test_has_signal():
+    assert has_signal([0, 1, 1]) and has_signal([0.5, NAN, 0.25])
+    assert not has_signal([1, 1, 1]) and not has_signal([0, 0]) and not has_signal([1, NAN, NAN])
+    assert not has_signal([NAN, NAN]) and not has_signal([])
+
+
+def test_has_signal_agrees_with_the_advantage_zeroing_rule():
+    rows = [[0, 1, 1], [1, 1, 1], [0.1, 0.1, 0.1], [1, NAN, NAN], [NAN, NAN, NAN], [0.5, NAN, 0.25]]
+    adv = compute_advantages("grpo", torch.tensor(rows, dtype=torch.float64))
+    for row, a in zip(rows, adv):
+        assert has_signal(row) == bool((a != 0).any())
+
+
+def test_dynamic_sampling_refill_loop_on_a_scripted_stream():
+    # What the trainer does: pull groups from the rollout stream, filter, refill until full.
+    stream = iter(
+        [
+            [G("a", [1, 1, 1]), G("b", [0, 1, 0]), G("c", [0, 0, 0])],
+            [G("d", [NAN, 1, 1]), G("e", [0.2, 0.7, NAN])],
+            [G("f", [1, 0, 0]), G("g", [0, 1, 1])],
+        ]
+    )
+    batch, dropped, rounds = [], 0, 0
+    while len(batch) < 3:
+        result = dynamic_sampling_filter(next(stream))
+        batch += result.kept
+        dropped += result.dropped
+        rounds += 1
+    assert [g.name for g in batch] == ["b", "e", "f", "g"]
+    assert (dropped, rounds) == (3, 3)
+
+
+def test_dynamic_sampling_filter_accepts_the_shared_group_type():
+    def sample(i, reward):
+        return Sample(f"s{i}", "g", [1], [2], [-0.1], "stop", 0, reward=reward)
+
+    informative = Group("g1", [sample(0, 1.0), sample(1, 0.0)])
+    failed = Group("g2", [sample(2, 1.0), Sample("s3", "g2", [1], [2], [-0.1], "stop", 0, reward=0.0, reward_error="boom")])
+    result = dynamic_sampling_filter([informative, failed])
+    assert result.kept == [informative] and result.dropped == 1
+
+
+def test_overlong_penalty_follows_dapo():
+    kw = dict(max_len=100, buffer=20)
+    assert overlong_penalty(50, **kw) == 0.0
+    assert overlong_penalty(80, **kw) == 0.0
+    assert overlong_penalty(90, **kw) == pytest.approx(-0.5)
+    assert overlong_penalty(100, **kw) == pytest.approx(-1.0)
+    assert overlong_penalty(101, **kw) == -1.0
+    assert overlong_penalty(95, max_len=100, buffer=20, factor=0.5) == pytest.approx(-0.375)
+    assert overlong_penalty(100, max_len=100, buffer=0) == 0.0 and overlong_penalty(101, max_len=100, buffer=0) == -1.0
+    with pytest.raises(ValueError, match="buffer"):
+        overlong_penalty(10, max_len=100, buffer=101)
+
+
+def test_truncation_mask():
+    reasons = ["stop", "length", "repetition", "env_error"]
+    assert truncation_mask(reasons, mask_truncated=True) == [1.0, 0.0, 1.0, 1.0]
+    assert truncation_mask(reasons, mask_truncated=False) == [1.0] * 4
+
+
+def test_repetition_stop_index():
+    probs = [0.5, 0.995, 0.999, 0.3, 0.995, 0.999, 0.9999, 0.2]
+    assert repetition_stop_index(probs, window=3) == 7  # run at indices 4, 5, 6 → keep tokens[:7]
+    assert repetition_stop_index(probs, window=2) == 3
+    assert repetition_stop_index(probs, window=4) is None
+    assert repetition_stop_index(probs, window=0) is None
+    assert repetition_stop_index([0.99] * 5, window=2) is None  # strictly greater than the threshold
+    assert repetition_stop_index([0.99] * 5, window=2, threshold=0.98) == 2
+    assert repetition_stop_index([0.999] * 4, window=4) == 4
+
+
+def test_length_percentile_matches_torch_quantile():
+    lengths = [13, 2, 40, 7, 7, 100, 55, 1, 20]
+    for q in (0, 50, 90, 99, 100):
+        expected = torch.quantile(torch.tensor(lengths, dtype=torch.float64), q / 100).item()
+        assert length_percentile(lengths, q) == pytest.approx(expected)
+
+
+def test_curriculum_advances_only_when_near_the_cap_and_plateaued():
+    cur = LengthCurriculum([100, 200, 300], near_cap=0.9, window=3, min_delta=0.05)
+    # Metric still moving while lengths are near the cap: stay.
+    steps = [(95, 1.0), (96, 0.8), (97, 0.6), (98, 0.5)]
+    assert [cur.update(p99, m) for p99, m in steps] == [False] * 4
+    # Metric flat but lengths far from the cap: stay.
+    assert [cur.update(50, 0.5) for _ in range(3)] == [False] * 3 and cur.cap == 100
+    # Flat and near: advance on the first step both hold.
+    assert cur.update(90, 0.51) is True
+    assert (cur.stage, cur.cap) == (1, 200)
+    # The new stage starts its own history: a plateau needs `window` fresh steps.
+    assert [cur.update(190, 0.5) for _ in range(2)] == [False, False]
+    assert cur.update(190, 0.5) is True and cur.cap == 300 and cur.is_last
+    assert [cur.update(300, 0.5) for _ in range(5)] == [False] * 5 and cur.cap == 300
+
+
+def test_curriculum_state_round_trips():
+    cur = LengthCurriculum([10, 20, 30], window=2, min_delta=0.0)
+    cur.update(10, 1.0)
+    cur.update(10, 1.0)
+    cur.update(5, 2.0)
+    restored = LengthCurriculum([10, 20, 30], window=2, min_delta=0.0)
+    restored.load_state_dict(cur.state_dict())
+    assert restored.cap == cur.cap == 20
+    assert restored.update(20, 2.0) is cur.update(20, 2.0) is True
+    with pytest.raises(ValueError, match="stage 7"):
+        restored.load_state_dict({"stage": 7, "history": []})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(caps=[100, 100]), "strictly increasing"),
+        (dict(caps=[]), "strictly increasing"),
+        (dict(caps=[100], near_cap=0.0), "near_cap"),
+        (dict(caps=[100], window=1), "window"),
+        (dict(caps=[100], min_delta=-1.0), "min_delta"),
+    ],
+)
+def test_curriculum_refuses_bad_settings(kwargs, match):
+    caps = kwargs.pop("caps")
+    with pytest.raises(ValueError, match=match):
+        LengthCurriculum(caps, **kwargs)
+
+
+def test_curriculum_plateau_is_a_range_so_a_rising_metric_works_too():
+    cur = LengthCurriculum([10, 20], near_cap=1.0, window=4, min_delta=0.1)
+    rewards = [0.1, 0.3, 0.5, 0.62, 0.65, 0.66, 0.68]
+    moved = [cur.update(10, r) for r in rewards]
+    assert moved == [False] * 6 + [True]  # last four: 0.62 .. 0.68 span 0.06 ≤ 0.1
+    assert cur.cap == 20
