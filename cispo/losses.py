@@ -172,23 +172,26 @@ def loss_normalizer(mask: torch.Tensor, loss_agg: str) -> float:
 
 
 def aggregate(loss_mat: torch.Tensor, mask: torch.Tensor, params: LossParams) -> torch.Tensor:
-    """Per-token losses [B, T] → scalar, by `params.loss_agg`; D = normalizer or local count.
+    """Per-token losses [B, T] → scalar, by `params.loss_agg`. D = `normalizer` if given,
+    else this shard's count (N trained tokens for token_mean, B' sequences otherwise).
 
-    token_mean               Σ_i Σ_t ℓ_it / N           M1 eq. 4, DAPO: every token weighs the
-                                                         same, so long responses weigh more.
-    seq_mean_token_mean      Σ_i (Σ_t ℓ_it / |o_i|) / B' GRPO's original; every sample weighs
-                                                         the same. This is M1's 80K-stage
-                                                         "sample-level loss with token-level
-                                                         normalisation": each sample's loss is
-                                                         normalised by its own token count, then
-                                                         samples are averaged, so long (mostly
-                                                         negative, truncated) samples no longer
-                                                         dominate the gradient as under token_mean.
-    seq_mean_token_sum_norm  Σ_i Σ_t ℓ_it / (max_tokens · B')  Dr.GRPO: a constant per-token
-                                                         weight, no length bias from 1/|o_i|.
+    token_mean:               Σ_i Σ_t ℓ_it / D.  M1 eq. 4 and DAPO: every token weighs the
+                              same, so a long response weighs more than a short one.
+    seq_mean_token_mean:      Σ_i (Σ_t ℓ_it / |o_i|) / D.  GRPO's original: every sample
+                              weighs the same, whatever its length.
+    seq_mean_token_sum_norm:  Σ_i Σ_t ℓ_it / (max_tokens · D).  Dr.GRPO: one constant
+                              per-token weight, so neither long nor short answers are
+                              favoured by the normalisation.
 
-    With `normalizer` set, D replaces N (token_mean) or B' (the others): shards of one
-    batch, each given the global D, sum exactly to the full-batch loss.
+    M1's 80K stage: the report says negative samples grew long much faster than
+    positive ones, so under token_mean their tokens dominated the gradient, and it
+    switched to "combined sample-level loss and token-level normalization". We read
+    that as seq_mean_token_mean: the loss is taken per sample (each sample counts
+    once) and normalised by that sample's own token count. The wording could also
+    mean a blend of token_mean and seq_mean_token_mean; the report gives no formula.
+
+    Shards of one batch, each given the global D, sum exactly to the full-batch loss
+    (|o_i| is per sequence, so sequences must not be split across shards).
     """
     mask = mask.to(loss_mat.dtype)
     masked = torch.where(mask > 0, loss_mat * mask, torch.zeros_like(loss_mat))
