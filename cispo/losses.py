@@ -132,12 +132,16 @@ def get_loss(name: str) -> tuple[LossFn, dict[str, object]]:
 
 
 def loss_params(name: str, **params: object) -> LossParams:
-    """`LossParams` for loss `name`: its registered defaults, overridden by `params`."""
+    """`LossParams` for loss `name`: its registered defaults, overridden by `params`.
+
+    A param given as None keeps the loss's default, so a config can leave clip bounds
+    or loss_agg null to mean "the published value for this loss".
+    """
     _, defaults = get_loss(name)
     unknown = set(params) - _PARAM_NAMES
     if unknown:
         raise ValueError(f"loss {name!r}: unknown param(s) {sorted(unknown)}; known: {sorted(_PARAM_NAMES)}")
-    return LossParams(**{**defaults, **params})
+    return LossParams(**{**defaults, **{k: v for k, v in params.items() if v is not None}})
 
 
 def compute_policy_loss(

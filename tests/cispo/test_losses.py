@@ -261,6 +261,8 @@ def test_defaults_follow_the_papers():
     assert (p("dapo").clip_low, p("dapo").clip_high) == (0.2, 0.28)
     assert p("grpo").loss_agg == p("gspo").loss_agg == "seq_mean_token_mean"
     assert p("cispo", eps_high_is=2.0).eps_high_is == 2.0
+    # None keeps the loss's own default (a config's null), it does not erase it.
+    assert p("gspo", clip_low=None, loss_agg=None, normalizer=None) == p("gspo")
 
 
 def test_gspo_reports_sequence_ratios():
