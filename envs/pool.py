@@ -1,0 +1,141 @@
+"""A warm pool of sandboxes per image, with a cap on how many run at once.
+
+Creating a container costs about half a second of daemon time; an episode's own
+commands cost a fraction of that. So sandboxes are kept running and reset between
+uses (every process of the sandbox user killed, every writable place emptied: the
+root is read-only, so that is the whole state). The reset runs in a background
+thread after release, off the episode's critical path. A sandbox whose reset fails,
+or that was killed, is removed and replaced by a fresh one.
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+from cispo.envs.engine import InfraError, connect
+from cispo.envs.sandbox import Sandbox, SandboxConfig, sweep_leftovers
+
+_swept = threading.Event()  # the leftover sweep runs once per process
+
+
+@dataclass
+class PoolStats:
+    created: int = 0  # containers started
+    reused: int = 0  # acquisitions served by a warm container
+    reset_failures: int = 0  # resets that failed (the container was replaced)
+
+
+class SandboxPool:
+    """Hands out sandboxes: `with pool.sandbox(image) as sb: sb.exec([...])`.
+
+    `warm`: idle containers kept per image (default: `max_concurrency`, so that every
+    release can be kept). `max_concurrency`: sandboxes in use at
+    once (others wait). `reuse=False` gives a cold container per use (the benchmark's
+    baseline, and the choice when a task demands a never-used container).
+    """
+
+    def __init__(
+        self, config: SandboxConfig | None = None, warm: int | None = None, max_concurrency: int = 4, reuse: bool = True
+    ):
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        self.config = config or SandboxConfig()
+        self.warm = max_concurrency if warm is None else warm
+        self.reuse = reuse
+        self.stats = PoolStats()
+        self._slots = threading.BoundedSemaphore(max_concurrency)
+        self._lock = threading.Lock()
+        self._idle: dict[str, list[Sandbox]] = defaultdict(list)
+        self._resetting: set[threading.Thread] = set()
+        self._closed = False
+        if not _swept.is_set():
+            sweep_leftovers(connect())
+            _swept.set()
+        atexit.register(self.close)
+
+    @contextmanager
+    def sandbox(self, image: str | None = None) -> Iterator[Sandbox]:
+        image = image or self.config.image
+        self._slots.acquire()
+        try:
+            sb = self._take(image)
+        except BaseException:
+            self._slots.release()
+            raise
+        try:
+            yield sb
+        finally:
+            self._give_back(sb)
+
+    def prewarm(self, image: str | None = None, n: int | None = None) -> None:
+        """Start idle containers up to `n` (default: `warm`) for `image`."""
+        image = image or self.config.image
+        want = self.warm if n is None else n
+        while len(self._idle[image]) < want:
+            sb = Sandbox.create(self.config, image)
+            with self._lock:
+                self.stats.created += 1
+                self._idle[image].append(sb)
+
+    def close(self) -> None:
+        """Wait for resets in flight, then remove every container this pool holds."""
+        with self._lock:
+            self._closed = True
+            threads = list(self._resetting)
+        for t in threads:
+            t.join()
+        with self._lock:
+            sandboxes = [sb for idle in self._idle.values() for sb in idle]
+            self._idle.clear()
+        for sb in sandboxes:
+            sb.remove()
+        atexit.unregister(self.close)
+
+    def __enter__(self) -> "SandboxPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _take(self, image: str) -> Sandbox:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("sandbox pool is closed")
+            if self.reuse and self._idle[image]:
+                self.stats.reused += 1
+                return self._idle[image].pop()
+        sb = Sandbox.create(self.config, image)
+        with self._lock:
+            self.stats.created += 1
+        return sb
+
+    def _give_back(self, sb: Sandbox) -> None:
+        """Reset (or remove) in the background; the slot frees once that is done."""
+        sb.uses += 1
+        t = threading.Thread(target=self._recycle, args=(sb,), daemon=True)
+        with self._lock:
+            self._resetting.add(t)
+        t.start()
+
+    def _recycle(self, sb: Sandbox) -> None:
+        try:
+            ok = self.reuse and sb.reset()
+            with self._lock:
+                keep = ok and not self._closed and len(self._idle[sb.image]) < self.warm
+                if keep:
+                    self._idle[sb.image].append(sb)
+                if self.reuse and not ok:
+                    self.stats.reset_failures += 1
+            if not keep:
+                sb.remove()
+        except InfraError:
+            pass  # the daemon failed to remove it: the next process's sweep will
+        finally:
+            with self._lock:
+                self._resetting.discard(threading.current_thread())
+            self._slots.release()

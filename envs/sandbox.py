@@ -1,0 +1,359 @@
+"""One locked-down container and the commands run in it.
+
+What a sandbox may never do is settled when the container is created: no network,
+capped memory / pids / CPU, a read-only root with size-capped tmpfs for the only
+writable places (so a runaway write fills RAM we capped, not the host's disk), all
+capabilities dropped, no-new-privileges. PID 1 (docker-init) runs as `nobody` and
+commands as the sandbox uid, so a command can neither kill PID 1 nor signal anything
+it did not start.
+
+Every command goes through `sandbox_runner.py` (timeout and output cap inside the
+container) and a client-side deadline: the SDK's `exec_run` has no timeout, so a
+wedged exec would hang the trainer. Past the deadline the container is killed.
+
+Containers carry labels naming the owning process; `sweep_leftovers` removes those
+whose owner died (a crash, a kill -9), never those of a live process beside us.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import docker.errors
+from docker.types import Ulimit
+
+from cispo.envs.engine import InfraError, connect, with_retries
+from cispo.envs.image import DEFAULT_IMAGE, SANDBOX_UID
+
+LABEL = "cispo.sandbox"
+WORKSPACE = "/workspace"
+HOME = "/home/sandbox"
+NOBODY = "65534:65534"
+USER = f"{SANDBOX_UID}:{SANDBOX_UID}"
+_RUNNER = (Path(__file__).parent / "sandbox_runner.py").read_text()
+_FOOTER = b"\n<<cispo-runner>> "
+# Bytes allowed past the cap before we decide something bypassed the runner.
+_SLACK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """Limits of one sandbox container (the conf group `env/sandbox` mirrors these)."""
+
+    image: str = DEFAULT_IMAGE  # default image; a task may name its own
+    memory: str = "1g"  # RAM cap, tmpfs pages included; no swap
+    cpus: float = 1.0  # CPU share (docker --cpus)
+    pids: int = 256  # process cap: a fork bomb stops here
+    workspace_size: str = "1g"  # tmpfs at /workspace (the repository lives here)
+    tmp_size: str = "256m"  # tmpfs at /tmp and at the home directory
+    nofile: int = 4096  # open files per process
+    timeout: float = 60.0  # default seconds per command
+    output_cap: int = 64 * 1024  # bytes of output kept per command: head + tail halves
+    client_grace: float = 20.0  # seconds past a command's timeout before the client kills the container
+
+
+@dataclass
+class ExecResult:
+    exit_code: int  # negative: killed by that signal (-9 after a timeout or an OOM kill)
+    output: str  # stdout and stderr interleaved; head + marker + tail when truncated
+    timed_out: bool
+    total_bytes: int  # output bytes the command produced, kept or not
+    seconds: float
+    truncated: bool = False  # the middle of the output was dropped
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out
+
+
+def _process_start(pid: int) -> str:
+    """Start time of a process (clock ticks since boot): tells a live owner from a reused pid."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def owner_labels() -> dict[str, str]:
+    pid = os.getpid()
+    return {
+        LABEL: "1",
+        f"{LABEL}.host": socket.gethostname(),
+        f"{LABEL}.pid": str(pid),
+        f"{LABEL}.pid-start": _process_start(pid),
+    }
+
+
+def sweep_leftovers(client: docker.DockerClient | None = None) -> int:
+    """Remove labelled containers whose owning process on this host is gone; returns how many."""
+    client = client or connect()
+    host = socket.gethostname()
+    removed = 0
+    for c in with_retries(lambda: client.containers.list(all=True, filters={"label": LABEL}), "list containers"):
+        labels = c.labels
+        if labels.get(f"{LABEL}.host") != host:
+            continue
+        pid = int(labels.get(f"{LABEL}.pid", "0"))
+        if pid and _process_start(pid) == labels.get(f"{LABEL}.pid-start") != "":
+            continue
+        try:
+            c.remove(force=True)
+            removed += 1
+        except docker.errors.NotFound:
+            pass
+    return removed
+
+
+class Sandbox:
+    """A running, locked-down container; create with `Sandbox.create`, end with `remove`."""
+
+    def __init__(self, container, config: SandboxConfig, image: str):
+        self.container = container
+        self.config = config
+        self.image = image
+        self.dead = False  # set once the container was killed or found gone
+        self.uses = 0
+
+    @classmethod
+    def create(cls, config: SandboxConfig, image: str | None = None) -> "Sandbox":
+        client = connect()
+        image = image or config.image
+        _ensure_image(client, image)
+        tmpfs_opts = "rw,exec,nosuid,nodev"
+        kwargs = dict(
+            command=["sleep", "infinity"],
+            detach=True,
+            name=f"cispo-sbx-{uuid.uuid4().hex[:12]}",
+            user=NOBODY,
+            init=True,
+            network_mode="none",
+            mem_limit=config.memory,
+            memswap_limit=config.memory,
+            nano_cpus=int(config.cpus * 1e9),
+            pids_limit=config.pids,
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            read_only=True,
+            tmpfs={
+                WORKSPACE: f"{tmpfs_opts},size={config.workspace_size},uid={SANDBOX_UID},gid={SANDBOX_UID},mode=0755",
+                HOME: f"{tmpfs_opts},size={config.tmp_size},uid={SANDBOX_UID},gid={SANDBOX_UID},mode=0755",
+                "/tmp": f"{tmpfs_opts},size={config.tmp_size},mode=1777",
+            },
+            ulimits=[Ulimit(name="nofile", soft=config.nofile, hard=config.nofile), Ulimit(name="core", soft=0, hard=0)],
+            working_dir=WORKSPACE,
+            labels={**owner_labels(), f"{LABEL}.image": image},
+            environment={"HOME": HOME, "PYTHONDONTWRITEBYTECODE": "1", "LANG": "C.UTF-8"},
+        )
+        container = with_retries(lambda: client.containers.run(image, **kwargs), f"start a sandbox from {image}")
+        return cls(container, config, image)
+
+    @property
+    def id(self) -> str:
+        return self.container.id
+
+    def exec(
+        self,
+        argv: list[str],
+        *,
+        stdin: bytes | None = None,
+        timeout: float | None = None,
+        workdir: str = WORKSPACE,
+        env: dict[str, str] | None = None,
+        output_cap: int | None = None,
+    ) -> ExecResult:
+        """Run `argv` (no shell: arguments reach the program unmangled) as the sandbox user.
+
+        Raises `InfraError` when the daemon fails or the container is gone; a command
+        that misbehaves (times out, floods output, gets OOM-killed) is a normal result.
+        """
+        if self.dead:
+            raise InfraError(f"sandbox {self.container.name} is gone")
+        timeout = self.config.timeout if timeout is None else timeout
+        cap = self.config.output_cap if output_cap is None else output_cap
+        cmd = ["python3", "-c", _RUNNER, str(cap), str(timeout), *argv]
+        api = connect().api
+        exec_id = with_retries(
+            lambda: api.exec_create(
+                self.id, cmd, stdin=stdin is not None, user=USER, workdir=workdir, environment=env or {}
+            )["Id"],
+            "exec_create",
+        )
+        start = time.monotonic()
+        deadline = start + timeout + self.config.client_grace
+        sock = with_retries(lambda: api.exec_start(exec_id, socket=True), "exec_start")
+        raw: socket.socket = getattr(sock, "_sock", sock)
+        try:
+            if stdin is not None:
+                raw.settimeout(max(deadline - time.monotonic(), 1.0))
+                raw.sendall(stdin)
+                raw.shutdown(socket.SHUT_WR)
+            payload = _read_frames(raw, deadline, limit=cap + _SLACK)
+        except (OSError, _Overflow) as e:
+            self.kill()
+            seconds = time.monotonic() - start
+            if isinstance(e, _Overflow):
+                return ExecResult(-9, "[output bypassed the sandbox's cap: container killed]", False, e.total, seconds)
+            if isinstance(e, socket.timeout):
+                return ExecResult(-9, "[client deadline passed: container killed]", True, 0, seconds)
+            raise InfraError(f"exec in {self.container.name} lost its connection: {e}") from e
+        finally:
+            sock.close()
+        return _parse(payload, time.monotonic() - start, cap)
+
+    def write_tar(self, data: bytes, dest: str = WORKSPACE, timeout: float = 120.0) -> None:
+        """Unpack a tar archive (streamed on stdin) into `dest` as the sandbox user.
+
+        Why not `put_archive`: the daemon writes into the image layer, under our tmpfs
+        mounts, where the container never sees it (moby#22020), and the root is read-only.
+        """
+        res = self.exec(["tar", "-x", "--no-same-owner", "-C", dest], stdin=data, timeout=timeout)
+        if not res.ok:
+            raise InfraError(f"unpacking an archive into {dest} failed (exit {res.exit_code}): {res.output[-500:]}")
+
+    def reset(self) -> bool:
+        """Kill every process of the sandbox user and empty every writable place.
+
+        Returns False when the sandbox could not be brought back to a clean state
+        (the caller then removes it).
+        """
+        if self.dead:
+            return False
+        try:
+            res = self.exec(["python3", "-c", _RESET], timeout=30.0, workdir="/")
+        except InfraError:
+            return False
+        return res.ok
+
+    def kill(self) -> None:
+        self.dead = True
+        try:
+            self.container.kill()
+        except docker.errors.DockerException:
+            pass
+
+    def remove(self) -> None:
+        self.dead = True
+        try:
+            with_retries(lambda: self.container.remove(force=True), f"remove {self.container.name}")
+        except InfraError as e:
+            if not isinstance(e.__cause__, docker.errors.NotFound):
+                raise
+
+
+# Reset, as the sandbox user: SIGKILL everything of ours but our own ancestors (the
+# runner), until nothing is left; then empty the tmpfs mounts and /dev/shm.
+_RESET = r"""
+import os, shutil, signal, time
+me = os.getpid()
+keep, pid = {me}, me
+while pid > 1:
+    pid = int(open('/proc/%d/stat' % pid).read().rsplit(')', 1)[1].split()[1])
+    keep.add(pid)
+uid = os.getuid()
+for _ in range(50):
+    victims = []
+    for d in os.listdir('/proc'):
+        if d.isdigit() and int(d) not in keep:
+            try:
+                if os.stat('/proc/' + d).st_uid == uid:
+                    victims.append(int(d))
+            except OSError:
+                pass
+    if not victims:
+        break
+    for v in victims:
+        try:
+            os.kill(v, signal.SIGKILL)
+        except OSError:
+            pass
+    time.sleep(0.02)
+else:
+    raise SystemExit('processes survive SIGKILL')
+for root in ('/workspace', '/tmp', '/home/sandbox', '/dev/shm'):
+    for dirpath, dirnames, _ in os.walk(root):
+        for name in dirnames:
+            try:
+                os.chmod(os.path.join(dirpath, name), 0o700)
+            except OSError:
+                pass
+    for name in os.listdir(root):
+        p = os.path.join(root, name)
+        if os.path.isdir(p) and not os.path.islink(p):
+            shutil.rmtree(p)
+        else:
+            os.unlink(p)
+"""
+
+
+class _Overflow(Exception):
+    def __init__(self, total: int):
+        self.total = total
+
+
+def _read_frames(raw: socket.socket, deadline: float, limit: int) -> bytes:
+    """Read Docker's multiplexed stream (8-byte headers) until EOF, the deadline or `limit` bytes."""
+    buf = bytearray()
+    out = bytearray()
+
+    def fill(n: int) -> bool:
+        while len(buf) < n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise socket.timeout("client deadline")
+            raw.settimeout(left)
+            chunk = raw.recv(65536)
+            if not chunk:
+                return False
+            buf.extend(chunk)
+        return True
+
+    while fill(8):
+        size = struct.unpack(">I", bytes(buf[4:8]))[0]
+        if not fill(8 + size):
+            break
+        out.extend(buf[8 : 8 + size])
+        del buf[: 8 + size]
+        if len(out) > limit:
+            raise _Overflow(len(out))
+    return bytes(out)
+
+
+def _parse(payload: bytes, seconds: float, cap: int) -> ExecResult:
+    at = payload.rfind(_FOOTER)
+    if at < 0:
+        # The runner itself was killed (by the command: same uid) or could not start.
+        return ExecResult(-9, payload[-cap:].decode(errors="replace"), False, len(payload), seconds)
+    fields = payload[at + len(_FOOTER) :].split()
+    code, timed_out, n_head, n_tail, total = (int(x) for x in fields[:5])
+    head, tail = payload[:n_head], payload[n_head : n_head + n_tail]
+    truncated = total > n_head + n_tail
+    if truncated:
+        text = f"{head.decode(errors='replace')}\n[... {total - n_head - n_tail} bytes elided ...]\n{tail.decode(errors='replace')}"
+    else:
+        text = (head + tail).decode(errors="replace")
+    return ExecResult(code, text, bool(timed_out), total, seconds, truncated)
+
+
+def _ensure_image(client: docker.DockerClient, image: str) -> None:
+    """A missing image is pulled once; if that fails the task cannot run here (an infra error)."""
+    try:
+        client.images.get(image)
+        return
+    except docker.errors.ImageNotFound:
+        pass
+    except docker.errors.DockerException as e:
+        raise InfraError(f"cannot inspect image {image}: {e}") from e
+    try:
+        client.images.pull(image)
+    except docker.errors.DockerException as e:
+        hint = " (build it with `cispo-env build-image`)" if image == DEFAULT_IMAGE else ""
+        raise InfraError(f"image {image} is not on this machine and pulling it failed: {e}{hint}") from e
+
+
