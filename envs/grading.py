@@ -1,0 +1,131 @@
+"""Grading one patch against one task, SWE-bench style, in a clean sandbox.
+
+Order matters: everything the grader trusts happens before any of the model's code
+runs. The repository (one commit, no history) and both patches go in with one
+streamed archive; the model's patch is applied with fallbacks, protected paths are
+put back, the test patch goes in. Only then do the tests run, under a timeout, with
+the ids passed as argv (never through a shell string) and pytest's addopts emptied.
+
+Statuses: resolved (reward 1), unresolved (0; `fraction` says how close),
+patch_failed (0), timeout (0), infra_error (NaN: the trainer masks it; the episode
+says nothing about the model).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import tarfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from cispo.envs.engine import InfraError
+from cispo.envs.patching import PREPARE, UnsafePatch, patch_files, paths_to_restore
+from cispo.envs.pool import SandboxPool
+from cispo.envs.repo import RepoError, snapshot
+from cispo.envs.tasks import SWETask
+from cispo.envs.testlog import PASSED, read_outcomes
+
+Status = Literal["resolved", "unresolved", "patch_failed", "timeout", "infra_error"]
+PYTEST_ARGS = ("-rA", "-p", "no:cacheprovider", "-o", "addopts=")
+PREPARE_TIMEOUT = 120.0
+# Tests print their own output before the summary; the summary is at the tail, so
+# the tail half of this cap bounds how many ids one run can report (~10k).
+TEST_OUTPUT_CAP = 2 * 1024 * 1024
+_MARK = "<<cispo-prepare>> "
+
+
+@dataclass
+class GradeResult:
+    instance_id: str
+    status: Status
+    reward: float  # 1.0 resolved, 0.0 otherwise, NaN for infra_error
+    fraction: float  # share of the listed tests that passed (NaN if they never ran)
+    tests: dict[str, str] = field(default_factory=dict)  # test id -> "passed" / "failed"
+    seconds: float = 0.0
+    patch_method: str = ""  # git_apply, git_apply_reject, patch_fuzz, none (empty patch)
+    error: str = ""  # why, for patch_failed / timeout / infra_error
+    log: str = ""  # tail of the test run's output
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def grade(task: SWETask, model_patch: str, pool: SandboxPool) -> GradeResult:
+    """Apply `model_patch` to `task`'s repository and run its FAIL_TO_PASS + PASS_TO_PASS tests."""
+    start = time.monotonic()
+
+    def done(status: Status, **kw: Any) -> GradeResult:
+        reward = {"resolved": 1.0, "infra_error": math.nan}.get(status, 0.0)
+        kw.setdefault("fraction", math.nan)
+        return GradeResult(task.instance_id, status, reward, seconds=time.monotonic() - start, **kw)
+
+    try:
+        model_files = patch_files(model_patch)
+    except UnsafePatch as e:
+        return done("patch_failed", error=f"refused: {e}")
+    try:
+        test_files = patch_files(task.test_patch)
+        restore = paths_to_restore(model_files, test_files)
+        bundle = _bundle(snapshot(task.repo_path, task.base_commit), model_patch, task.test_patch)
+    except (UnsafePatch, RepoError) as e:
+        return done("infra_error", error=f"task {task.instance_id} is broken: {e}")
+
+    try:
+        with pool.sandbox(task.image) as sb:
+            prep = sb.exec(["sh", "-c", PREPARE, "prepare", *restore], stdin=bundle, timeout=PREPARE_TIMEOUT)
+            marker = _marker(prep.output)
+            if prep.exit_code == 10:
+                return done("patch_failed", error=f"no method applied the patch:\n{prep.output[-2000:]}")
+            if not marker.startswith("applied "):
+                why = "test_patch does not apply" if prep.exit_code == 11 else f"prepare step exit {prep.exit_code}"
+                return done("infra_error", error=f"{why}:\n{prep.output[-2000:]}")
+            method = marker.split(" ", 1)[1]
+            ids = task.test_ids
+            run = sb.exec(
+                ["sh", "-c", f'{task.test_cmd} "$@"', "tests", *PYTEST_ARGS, *ids],
+                timeout=task.timeout,
+                workdir="/workspace/repo",
+                output_cap=TEST_OUTPUT_CAP,
+            )
+    except InfraError as e:
+        return done("infra_error", error=str(e))
+
+    tests = read_outcomes(run.output, ids)
+    passed = sum(v == PASSED for v in tests.values())
+    fraction = passed / len(ids)
+    log = run.output[-4000:]
+    if run.timed_out:
+        return done("timeout", fraction=fraction, tests=tests, patch_method=method, log=log,
+                    error=f"tests ran past {task.timeout:g} s")
+    status: Status = "resolved" if passed == len(ids) else "unresolved"
+    return done(status, fraction=fraction, tests=tests, patch_method=method, log=log)
+
+
+def _marker(output: str) -> str:
+    for line in reversed(output.splitlines()):
+        if line.startswith(_MARK):
+            return line[len(_MARK) :].strip()
+    return ""
+
+
+def _bundle(repo_tar: bytes, model_patch: str, test_patch: str) -> bytes:
+    """The cached repository tar followed by a small tar of .cispo/{model,test}.patch.
+
+    Two archives back to back (unpacked with `tar -i`), so the repository is never re-packed.
+    """
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tf:
+        for name, text in (("model.patch", model_patch), ("test.patch", test_patch)):
+            data = _with_newline(text).encode()
+            info = tarfile.TarInfo(f".cispo/{name}")
+            info.size = len(data)
+            info.mode = 0o644
+            tf.addfile(info, io.BytesIO(data))
+    return repo_tar + out.getvalue()
+
+
+def _with_newline(patch: str) -> str:
+    """A diff cut right after its last line fails `git apply` ("corrupt patch")."""
+    return patch if not patch or patch.endswith("\n") else patch + "\n"

@@ -1,0 +1,145 @@
+"""Reading a model's patch before anything applies it, and applying it in the sandbox.
+
+SWE-bench applies whatever the model wrote and runs the tests. Three holes follow,
+closed here:
+- a path outside the repository (`../../x`, `/etc/x`, `.git/hooks/x`, a symlink to
+  write through) is refused before the patch reaches a container;
+- a model can edit the tests, or add a `conftest.py` / plugin that forces passes:
+  every test-looking or pytest-steering path the patch touches is put back to the
+  base version (or removed if new) before `test_patch` goes in;
+- `patch`'s fallback is forced to unified diffs (`-u`), never ed scripts.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+_HEADER_PATHS = re.compile(r"^(?:--- |\+\+\+ )(.*)$")
+_GIT_PATHS = re.compile(r"^(?:rename|copy) (?:from|to) (.*)$")
+_SYMLINK_MODE = re.compile(r"^(?:new file mode|new mode|old mode|deleted file mode) 120000")
+
+TEST_DIRS = frozenset({"test", "tests", "testing"})
+# Names that steer pytest or the interpreter when they appear anywhere on the path.
+STEERING_NAMES = frozenset({"conftest.py", "pytest.ini", "tox.ini", "sitecustomize.py", "usercustomize.py"})
+# Top-level names that would shadow pytest itself when tests run from the repo root.
+SHADOWING_ROOTS = frozenset({"pytest.py", "pytest", "_pytest", "py.py", "pluggy", "pluggy.py"})
+
+
+class UnsafePatch(ValueError):
+    """The patch reaches outside the repository or is not a diff we can read."""
+
+
+@dataclass(frozen=True)
+class PatchFiles:
+    paths: tuple[str, ...]  # every repository path the patch touches, old and new names
+
+
+def patch_files(patch: str) -> PatchFiles:
+    """The repository paths a unified / git diff touches, refusing unsafe ones.
+
+    Raises `UnsafePatch` for absolute paths, `..`, `.git/`, symlinks, or a non-empty
+    patch that names no file at all (not a diff).
+    """
+    paths: list[str] = []
+    for n, line in enumerate(patch.splitlines(), 1):
+        if line.startswith("diff --git "):
+            continue  # its a/ b/ names repeat in ---/+++ or rename lines, which quote unambiguously
+        if _SYMLINK_MODE.match(line):
+            raise UnsafePatch(f"line {n}: the patch creates or changes a symlink, which could write outside the repository")
+        m = _HEADER_PATHS.match(line) or _GIT_PATHS.match(line)
+        if not m:
+            continue
+        raw = _unquote(m.group(1).split("\t", 1)[0].strip() if not m.group(1).startswith('"') else m.group(1))
+        if raw == "/dev/null":
+            continue
+        if line.startswith(("--- ", "+++ ")):
+            raw = _strip_prefix(raw)
+        paths.append(_check(raw, n))
+    if patch.strip() and not paths:
+        raise UnsafePatch("the patch names no file: expected a unified diff (--- a/x, +++ b/x)")
+    return PatchFiles(tuple(dict.fromkeys(paths)))
+
+
+def _strip_prefix(path: str) -> str:
+    """`a/x` / `b/x` -> `x` (the -p1 that git apply and patch use)."""
+    parts = path.split("/", 1)
+    return parts[1] if len(parts) == 2 else path
+
+
+def _unquote(s: str) -> str:
+    """git's C-style quoting of unusual names: "a/sp\\303\\251cial\\tname"."""
+    if not (s.startswith('"') and s.endswith('"') and len(s) >= 2):
+        return s
+    body = s[1:-1].encode("latin-1", "backslashreplace").decode("unicode_escape").encode("latin-1")
+    return body.decode("utf-8", "replace")
+
+
+def _check(path: str, line: int) -> str:
+    p = PurePosixPath(path)
+    if p.is_absolute() or path.startswith("~"):
+        raise UnsafePatch(f"line {line}: absolute path {path!r} is outside the repository")
+    if ".." in p.parts:
+        raise UnsafePatch(f"line {line}: path {path!r} climbs out of the repository")
+    if p.parts and p.parts[0] == ".git":
+        raise UnsafePatch(f"line {line}: path {path!r} writes into .git")
+    if not p.parts or path in (".", ""):
+        raise UnsafePatch(f"line {line}: empty path")
+    return str(p)
+
+
+def is_protected(path: str) -> bool:
+    """True for paths a model's patch may not change: tests and what steers pytest.
+
+    Tests: a `test`/`tests`/`testing` directory anywhere, `test_*.py`, `*_test.py`.
+    Steering: conftest.py, pytest.ini, tox.ini, site/usercustomize.py, `.pth` files,
+    package metadata (`*.egg-info`, `*.dist-info`: entry points load pytest plugins),
+    and top-level names that shadow pytest.
+    """
+    p = PurePosixPath(path)
+    name = p.name
+    if any(part in TEST_DIRS for part in p.parts[:-1]):
+        return True
+    if (name.startswith("test_") or name.endswith("_test.py")) and name.endswith(".py"):
+        return True
+    if name in STEERING_NAMES or name.endswith(".pth"):
+        return True
+    if any(part.endswith((".egg-info", ".dist-info")) for part in p.parts):
+        return True
+    return p.parts[0] in SHADOWING_ROOTS
+
+
+def paths_to_restore(model: PatchFiles, test_patch: PatchFiles) -> list[str]:
+    """Paths to put back to base before the test patch: the protected ones the model touched,
+    plus every file the test patch touches (so it applies to the base version)."""
+    chosen = [p for p in model.paths if is_protected(p)] + list(test_patch.paths)
+    return list(dict.fromkeys(chosen))
+
+
+# Runs in the sandbox as `sh -c PREPARE prepare PATHS...`, stdin a tar holding repo/ and
+# .cispo/{model,test}.patch. Applies the model's patch with fallbacks (tree reset between
+# attempts), restores PATHS to base (removing those base lacks), applies the test patch.
+# Exit 10: the model's patch did not apply; 11: the test patch did not (the task is broken).
+PREPARE = r"""
+set -u
+tar -x -i --no-same-owner -C /workspace || exit 12
+cd /workspace/repo || exit 12
+P=/workspace/.cispo
+clean() { git reset -q --hard HEAD && git clean -qfdx; }
+method=none
+if [ -s "$P/model.patch" ]; then
+  if git apply --whitespace=nowarn "$P/model.patch"; then method=git_apply
+  elif clean && git apply --whitespace=nowarn --reject "$P/model.patch"; then method=git_apply_reject
+  elif clean && patch --batch -u --fuzz=5 -p1 --no-backup-if-mismatch -i "$P/model.patch"; then method=patch_fuzz
+  else clean; echo "<<cispo-prepare>> patch_failed"; exit 10
+  fi
+fi
+for p in "$@"; do
+  if git cat-file -e "HEAD:$p" 2>/dev/null; then git checkout -q HEAD -- "$p"; else rm -rf -- "$p"; fi
+done
+if [ -s "$P/test.patch" ]; then
+  git apply --whitespace=nowarn "$P/test.patch" || { echo "<<cispo-prepare>> test_patch_failed"; exit 11; }
+fi
+echo "<<cispo-prepare>> applied $method"
+"""
