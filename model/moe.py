@@ -1,0 +1,118 @@
+"""Mixture-of-experts FFN: softmax router, top-k renormalised weights, SwiGLU experts in grouped form.
+
+Tokens are sorted by expert once, and each projection is one grouped matmul over the
+sorted rows (`torch.nn.functional.grouped_mm`, offsets = cumulative tokens per
+expert): no Python loop over tokens or experts. The router's per-layer counts and
+probability sums come back with the output so the model can form the load-balancing
+loss and the routing statistics the trainer logs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cispo.model.config import ModelConfig
+
+
+@dataclass
+class RouterStats:
+    tokens_per_expert: torch.Tensor  # (E,) top-k assignments per expert (no grad)
+    prob_sum: torch.Tensor  # (E,) router probability mass per expert, summed over tokens (carries grad)
+    num_tokens: int
+
+
+class TopKRouter(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.top_k = config.num_experts_per_tok
+        self.weight = nn.Parameter(torch.empty(config.num_local_experts, config.hidden_size))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (T, D) -> probs (T, E) FP32, top-k weights (T, k) renormalised, top-k expert ids (T, k)."""
+        probs = F.linear(x, self.weight).float().softmax(dim=-1)  # (T, E)
+        top_w, top_i = probs.topk(self.top_k, dim=-1)  # (T, k)
+        return probs, top_w / top_w.sum(dim=-1, keepdim=True), top_i
+
+
+def _contiguous_grad(grad: torch.Tensor) -> torch.Tensor:
+    # Workaround: grouped_mm's CPU backward rejects a zero-stride (expanded) incoming gradient.
+    return grad.contiguous()
+
+
+class Experts(nn.Module):
+    """E SwiGLU experts stored as stacked tensors (transformers' layout: gate rows, then up rows)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        E, D, I = config.num_local_experts, config.hidden_size, config.intermediate_size
+        self.num_experts = E
+        self.gate_up_proj = nn.Parameter(torch.empty(E, 2 * I, D))
+        self.down_proj = nn.Parameter(torch.empty(E, D, I))
+
+    def forward(self, x: torch.Tensor, top_w: torch.Tensor, top_i: torch.Tensor) -> torch.Tensor:
+        """x (T, D), top_w / top_i (T, k) -> (T, D): sum over the k chosen experts of weight * expert(x)."""
+        T, k = top_i.shape
+        flat_expert = top_i.reshape(-1)  # (T*k,)
+        order = torch.argsort(flat_expert, stable=True)  # (S,) assignment rows grouped by expert
+        token = order // k  # (S,) token of each sorted row
+        counts = torch.bincount(flat_expert, minlength=self.num_experts)
+        offsets = torch.cumsum(counts, 0).to(torch.int32)  # (E,) end row of each expert's group
+
+        rows = x[token]  # (S, D)
+        h = F.grouped_mm(rows, self.gate_up_proj.transpose(1, 2), offs=offsets)  # (S, 2I)
+        gate, up = h.chunk(2, dim=-1)
+        h = F.silu(gate) * up  # (S, I)
+        y = F.grouped_mm(h, self.down_proj.transpose(1, 2), offs=offsets)  # (S, D)
+        if y.requires_grad:
+            y.register_hook(_contiguous_grad)
+        y = y * top_w.reshape(-1)[order, None].to(y.dtype)
+        return torch.zeros_like(x).index_add_(0, token, y)
+
+
+class SparseMoeBlock(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.gate = TopKRouter(config)
+        self.experts = Experts(config)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, RouterStats]:
+        probs, top_w, top_i = self.gate(x)
+        stats = RouterStats(
+            tokens_per_expert=torch.bincount(top_i.reshape(-1), minlength=probs.shape[-1]).detach(),
+            prob_sum=probs.sum(dim=0),
+            num_tokens=x.shape[0],
+        )
+        return self.experts(x, top_w, top_i), stats
+
+
+def load_balancing_loss(stats: list[RouterStats], top_k: int) -> torch.Tensor:
+    """Switch-Transformer balance loss over all layers, exactly as transformers' MiniMax forms it.
+
+    With f_e = (top-k assignments to e, summed over layers) / (layers * tokens) and
+    P_e = (router probability of e, summed over layers) / (layers * tokens):
+    loss = E * sum_e f_e P_e. Counts and probabilities are pooled over layers before
+    the product (not a mean of per-layer losses). Minimum k (perfect balance).
+    """
+    rows = sum(s.num_tokens for s in stats)
+    f = torch.stack([s.tokens_per_expert for s in stats]).sum(0).float() / rows  # (E,)
+    p = torch.stack([s.prob_sum for s in stats]).sum(0) / rows  # (E,)
+    return (f * p).sum() * f.numel()
+
+
+def routing_metrics(tokens_per_expert: torch.Tensor) -> dict[str, float]:
+    """Loggable routing figures from (layers, E) counts: how unbalanced is the busiest expert.
+
+    imbalance = max / mean tokens per expert (1.0 is perfect), worst and mean over layers;
+    dead = experts with no token in a layer, summed over layers.
+    """
+    load = tokens_per_expert.float()
+    imbalance = load.max(dim=-1).values / load.mean(dim=-1).clamp(min=1e-9)  # (layers,)
+    return {
+        "imbalance_max": imbalance.max().item(),
+        "imbalance_mean": imbalance.mean().item(),
+        "dead_experts": int((load == 0).sum().item()),
+    }
