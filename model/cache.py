@@ -13,7 +13,7 @@ the next prompt without reallocating (continuous batching).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -37,8 +37,9 @@ class DecodeCache:
                 self.values[i] = torch.zeros(num_slots, KVH, max_len, d, dtype=dtype, device=device)
 
 
-@dataclass
-class ForwardContext:
+class ForwardContext(NamedTuple):
+    """A NamedTuple, not a dataclass: ZeRO-3's hooks look for tensors only inside tuples, lists and dicts."""
+
     positions: torch.Tensor  # (T,) position of each token within its document (RoPE)
     layout: PackedLayout | None = None  # document structure; None when decoding
     cache: DecodeCache | None = None  # set for prefill and decode

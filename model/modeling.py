@@ -13,7 +13,7 @@ Decoder layer (transformers' order, note the residual is taken *after* the norm)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -27,8 +27,9 @@ from cispo.model.moe import Experts, RouterStats, SparseMoeBlock, TopKRouter, lo
 from cispo.model.packing import PackedLayout
 
 
-@dataclass
-class LMOutput:
+class LMOutput(NamedTuple):
+    """A NamedTuple so ZeRO-3's hooks see the tensors in it (they skip dataclasses)."""
+
     logits: torch.Tensor  # (batch, seq, vocab), FP32 when config.lm_head_fp32
     aux_loss: torch.Tensor  # load-balancing loss; the learner adds router_aux_loss_coef * aux_loss
     tokens_per_expert: torch.Tensor  # (layers, experts) top-k assignments this step

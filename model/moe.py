@@ -9,7 +9,7 @@ loss and the routing statistics the trainer logs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -18,8 +18,9 @@ from torch import nn
 from cispo.model.config import ModelConfig
 
 
-@dataclass
-class RouterStats:
+class RouterStats(NamedTuple):
+    """One layer's routing this step (a NamedTuple so ZeRO-3's hooks see its tensors)."""
+
     tokens_per_expert: torch.Tensor  # (E,) top-k assignments per expert (no grad)
     prob_sum: torch.Tensor  # (E,) router probability mass per expert, summed over tokens (carries grad)
     num_tokens: int
