@@ -32,18 +32,25 @@ _client: docker.DockerClient | None = None
 _lock = threading.Lock()
 
 
-def connect() -> docker.DockerClient:
-    """The process's Docker client, created on first use and checked with a ping."""
+def connect(base_url: str | None = None) -> docker.DockerClient:
+    """The process's Docker client (from DOCKER_HOST / the default socket), created on
+    first use and checked with a ping; `base_url` opens a separate, uncached client."""
     global _client
+    if base_url is not None:
+        return _open(base_url)
     with _lock:
         if _client is None:
-            try:
-                client = docker.from_env(timeout=120)
-                client.ping()
-            except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
-                raise EngineUnavailable(f"no Docker engine answers ({e}); {START_HINT}") from e
-            _client = client
+            _client = _open(None)
         return _client
+
+
+def _open(base_url: str | None) -> docker.DockerClient:
+    try:
+        client = docker.DockerClient(base_url=base_url, timeout=120) if base_url else docker.from_env(timeout=120)
+        client.ping()
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+        raise EngineUnavailable(f"no Docker engine answers ({e}); {START_HINT}") from e
+    return client
 
 
 # Errors worth another try: the daemon was busy, restarting, or the socket dropped.
@@ -75,4 +82,4 @@ def with_retries(fn: Callable[[], T], what: str, attempts: int = 4, first_delay:
                 raise InfraError(f"{what} failed after {attempt} attempt(s): {e}") from e
             time.sleep(delay)
             delay *= 2
-    raise AssertionError("unreachable: the loop returns or raises")
+    raise ValueError(f"with_retries needs attempts >= 1, got {attempts}")

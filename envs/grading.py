@@ -13,9 +13,7 @@ says nothing about the model).
 
 from __future__ import annotations
 
-import io
 import math
-import tarfile
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -24,6 +22,7 @@ from cispo.envs.engine import InfraError
 from cispo.envs.patching import PREPARE, UnsafePatch, patch_files, paths_to_restore
 from cispo.envs.pool import SandboxPool
 from cispo.envs.repo import RepoError, snapshot
+from cispo.envs.sandbox import tar_files
 from cispo.envs.tasks import SWETask
 from cispo.envs.testlog import PASSED, read_outcomes
 
@@ -115,15 +114,8 @@ def _bundle(repo_tar: bytes, model_patch: str, test_patch: str) -> bytes:
 
     Two archives back to back (unpacked with `tar -i`), so the repository is never re-packed.
     """
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w") as tf:
-        for name, text in (("model.patch", model_patch), ("test.patch", test_patch)):
-            data = _with_newline(text).encode()
-            info = tarfile.TarInfo(f".cispo/{name}")
-            info.size = len(data)
-            info.mode = 0o644
-            tf.addfile(info, io.BytesIO(data))
-    return repo_tar + out.getvalue()
+    patches = {".cispo/model.patch": _with_newline(model_patch), ".cispo/test.patch": _with_newline(test_patch)}
+    return repo_tar + tar_files(patches)
 
 
 def _with_newline(patch: str) -> str:

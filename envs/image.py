@@ -54,9 +54,9 @@ def debian_mirror(sources: tuple[Path, ...] = APT_SOURCES) -> str:
                     return fields["URIs"].split()[0]
         else:
             for line in text.splitlines():
-                parts = line.split("#", 1)[0].split()
-                if len(parts) >= 3 and parts[0] == "deb" and SUITE in parts[2:3]:
-                    return _strip_options(parts)[1]
+                parts = _strip_options(line.split("#", 1)[0].split())
+                if len(parts) >= 3 and parts[0] == "deb" and parts[2] == SUITE:
+                    return parts[1]
     names = ", ".join(str(p) for p in sources)
     raise RuntimeError(f"no apt source for Debian {SUITE} found in {names}: cannot pick a mirror for debootstrap")
 

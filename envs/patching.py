@@ -55,6 +55,7 @@ def patch_files(patch: str) -> PatchFiles:
         if raw == "/dev/null":
             continue
         if line.startswith(("--- ", "+++ ")):
+            _check(raw, n)  # before -p1: "/etc/x" must not become "etc/x"
             raw = _strip_prefix(raw)
         paths.append(_check(raw, n))
     if patch.strip() and not paths:

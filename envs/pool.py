@@ -139,3 +139,24 @@ class SandboxPool:
             with self._lock:
                 self._resetting.discard(threading.current_thread())
             self._slots.release()
+
+
+_shared: SandboxPool | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_pool() -> SandboxPool:
+    """The process's pool for reward functions, which get no pool argument
+    (`fn(prompt, response, metadata)`); created with defaults on first use unless
+    the controller installed one with `set_shared_pool`."""
+    global _shared
+    with _shared_lock:
+        if _shared is None or _shared._closed:
+            _shared = SandboxPool()
+        return _shared
+
+
+def set_shared_pool(pool: SandboxPool) -> None:
+    global _shared
+    with _shared_lock:
+        _shared = pool

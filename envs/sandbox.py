@@ -17,8 +17,10 @@ whose owner died (a crash, a kill -9), never those of a live process beside us.
 
 from __future__ import annotations
 
+import io
 import os
 import socket
+import tarfile
 import struct
 import time
 import uuid
@@ -290,6 +292,18 @@ for root in ('/workspace', '/tmp', '/home/sandbox', '/dev/shm'):
         else:
             os.unlink(p)
 """
+
+
+def tar_files(files: dict[str, str]) -> bytes:
+    """A tar archive of text files (relative path -> content), for `Sandbox.write_tar`."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tf:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            tf.addfile(info, io.BytesIO(data))
+    return out.getvalue()
 
 
 class _Overflow(Exception):

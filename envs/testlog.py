@@ -44,3 +44,18 @@ def read_outcomes(output: str, test_ids: list[str]) -> dict[str, str]:
 
 def _passed(words: set[str]) -> bool:
     return bool(words & set(_GOOD)) and not words & set(_BAD)
+
+
+def read_summary(output: str) -> dict[str, str]:
+    """Every test in the last short summary -> "passed" / "failed", for runs whose ids
+    are not known in advance (the code-execution environment). Failure lines carry a
+    " - reason" suffix that is dropped, so ids holding " - " are not supported here."""
+    starts = [m.end() for m in _SUMMARY.finditer(output)]
+    seen: dict[str, set[str]] = {}
+    for line in (output[starts[-1] :] if starts else "").splitlines():
+        word, _, rest = line.partition(" ")
+        if word in _GOOD:
+            seen.setdefault(rest, set()).add(word)
+        elif word in _BAD and word != "SKIPPED":  # SKIPPED lines name a file:line, not an id
+            seen.setdefault(rest.split(" - ", 1)[0], set()).add(word)
+    return {tid: PASSED if _passed(words) else FAILED for tid, words in seen.items()}
