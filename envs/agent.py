@@ -1,0 +1,222 @@
+"""The multi-turn SWE agent episode: a policy works in a sandbox, its final diff is graded.
+
+Token bookkeeping is the point. The sequence is prompt, then alternating model turns
+and observations. Model tokens keep the ids and log-probs the engine sampled (never
+re-tokenised); observation tokens are ours: behaviour log-prob 0.0 and loss mask 0,
+so the learner trains only on what the policy chose. A turn is cut right after its
+first complete tool call (the engine cannot stop on a string): what follows was
+never acted on. Limits: turns, total response tokens, tokens per turn, observation
+bytes (head + tail). When the policy stops, the repository's `git diff` is graded in
+another, clean sandbox: nothing the agent left running can touch the grading.
+
+The policy is any object with the `generate` method of `cispo.rollout.engine.RolloutEngine`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from cispo.envs.agent_tools import (
+    REPO,
+    TOOL_DOCS,
+    Observation,
+    ToolCallError,
+    end_of_call,
+    parse_tool_call,
+    run_tool,
+)
+from cispo.envs.engine import InfraError
+from cispo.envs.grading import GradeResult, grade
+from cispo.envs.pool import SandboxPool
+from cispo.envs.repo import RepoError, snapshot
+from cispo.envs.tasks import SWETask
+from cispo.types import Completion, FinishReason, Sample, SamplingParams
+
+# The diff the agent leaves is graded as a patch; one larger than this is not a fix.
+MAX_DIFF_BYTES = 1024 * 1024
+
+
+class Policy(Protocol):
+    """The part of `RolloutEngine` an episode uses."""
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]: ...
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    max_turns: int = 20  # model turns before the episode ends unsubmitted
+    max_response_tokens: int = 8192  # model + observation tokens after the prompt
+    max_turn_tokens: int = 1024  # tokens one model turn may sample
+    max_observation_tokens: int = 1024  # tokens of one observation (cut at the end)
+    observation_bytes: int = 8192  # command output kept per call: head + tail
+    command_timeout: float = 60.0  # seconds per tool call
+    system: str = "You are a software engineer fixing an issue in the repository at " + REPO + "."
+    turn_prefix: str = "\n<|assistant|>\n"  # rendered before every model turn
+    observation_template: str = "\n<|tool|>\n{observation}"  # rendered after each tool call
+
+
+@dataclass
+class AgentResult:
+    prompt_ids: list[int]
+    response_ids: list[int]  # model turns and observations, in order
+    logprobs: list[float]  # per response token; 0.0 on observation tokens
+    loss_mask: list[int]  # per response token; 1 model, 0 observation
+    reward: float  # NaN for infra_error
+    status: str  # the grade's status, or infra_error
+    finish_reason: FinishReason  # stop (submitted), length (out of turns or tokens), repetition, env_error
+    turns: int
+    diff: str
+    policy_version: int
+    grade: GradeResult | None = None
+    error: str = ""
+    transcript: list[tuple[str, str]] = field(default_factory=list)  # (role, text)
+
+    def to_sample(self, sample_id: str, group_id: str, metadata: dict[str, Any] | None = None) -> Sample:
+        details = self.grade.to_dict() if self.grade else {}
+        return Sample(
+            sample_id=sample_id,
+            group_id=group_id,
+            prompt_ids=self.prompt_ids,
+            response_ids=self.response_ids,
+            behaviour_logprobs=self.logprobs,
+            finish_reason=self.finish_reason,
+            policy_version=self.policy_version,
+            loss_mask=self.loss_mask,
+            metadata=metadata or {},
+            reward=None if math.isnan(self.reward) else self.reward,
+            reward_details={"status": self.status, "turns": self.turns, **details},
+            reward_error=(self.error or "infra_error") if self.status == "infra_error" else None,
+        )
+
+
+def render_prompt(task: SWETask, config: AgentConfig) -> str:
+    return (
+        f"<|system|>\n{config.system}\n\n{TOOL_DOCS}\n<|user|>\n{task.problem_statement.strip()}\n\n"
+        "Change the repository so the issue is fixed, then call submit." + config.turn_prefix
+    )
+
+
+def run_episode(
+    task: SWETask,
+    policy: Policy,
+    tokenizer,
+    pool: SandboxPool,
+    sampling: SamplingParams = SamplingParams(),
+    config: AgentConfig = AgentConfig(),
+) -> AgentResult:
+    """Play one episode of `task` with `policy` and grade the result."""
+    ep = _Episode(tokenizer, config, tokenizer.encode(render_prompt(task, config)))
+    try:
+        repo_tar = snapshot(task.repo_path, task.base_commit)
+        with pool.sandbox(task.image) as sb:
+            sb.write_tar(repo_tar)
+            ep.play(policy, sampling, sb)
+            diff = sb.exec(["sh", "-c", "git add -A && git diff --cached --binary HEAD"],
+                           workdir=REPO, output_cap=MAX_DIFF_BYTES, timeout=60)
+    except (InfraError, RepoError) as e:
+        return ep.result(math.nan, "infra_error", "env_error", error=str(e))
+    if diff.truncated or not diff.ok:
+        why = "larger than the diff cap" if diff.truncated else f"git diff failed: {diff.output[-500:]}"
+        return ep.result(0.0, "patch_failed", ep.finish, diff=diff.output, error=why)
+    graded = grade(task, diff.output, pool)
+    finish = "env_error" if graded.status == "infra_error" else ep.finish
+    return ep.result(graded.reward, graded.status, finish, diff=diff.output, grade=graded, error=graded.error)
+
+
+class _Episode:
+    """The growing token sequence of one episode and the limits on it."""
+
+    def __init__(self, tokenizer, config: AgentConfig, prompt_ids: list[int]):
+        self.tok = tokenizer
+        self.config = config
+        self.prompt_ids = prompt_ids
+        self.ids: list[int] = []
+        self.logprobs: list[float] = []
+        self.mask: list[int] = []
+        self.turns = 0
+        self.versions: list[int] = []
+        self.finish: FinishReason = "length"
+        self.transcript: list[tuple[str, str]] = []
+
+    def budget(self) -> int:
+        return self.config.max_response_tokens - len(self.ids)
+
+    def play(self, policy: Policy, sampling: SamplingParams, sb) -> None:
+        """Turns until submit, or a limit: out of turns or tokens ends it as `length`."""
+        cfg = self.config
+        self.finish = "length"
+        while self.turns < cfg.max_turns and self.budget() > 0:
+            params = dataclasses.replace(sampling, n=1, max_tokens=min(cfg.max_turn_tokens, self.budget()))
+            completion = policy.generate([self.prompt_ids + self.ids], params)[0][0]
+            self.turns += 1
+            self.versions.append(completion.policy_version)
+            text = self._add_turn(completion)
+            if completion.finish_reason == "repetition":
+                self.finish = "repetition"
+                return
+            try:
+                obs = run_tool(parse_tool_call(text), sb, cfg.command_timeout, cfg.observation_bytes)
+            except ToolCallError as e:
+                obs = Observation(f"error: {e}")
+            if obs.submitted:
+                self.finish = "stop"
+                return
+            self._add_observation(obs.text)
+
+    def _add_turn(self, completion: Completion) -> str:
+        ids, lps = list(completion.token_ids), list(completion.logprobs)
+        cut = self._cut_after_call(ids)
+        ids, lps = ids[:cut], lps[:cut]
+        self.ids += ids
+        self.logprobs += lps
+        self.mask += [1] * len(ids)
+        text = self.tok.decode(ids)
+        self.transcript.append(("assistant", text))
+        return text
+
+    def _cut_after_call(self, ids: list[int]) -> int:
+        """The shortest prefix whose text holds a complete tool call (all of it if none).
+
+        Binary search: "the decoded prefix holds a complete call" is monotone in length.
+        """
+        if end_of_call(self.tok.decode(ids)) < 0:
+            return len(ids)
+        lo, hi = 1, len(ids)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if end_of_call(self.tok.decode(ids[:mid])) >= 0:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+    def _add_observation(self, text: str) -> None:
+        """Observation tokens, cut to the per-observation cap and the budget; the turn
+        prefix always survives the cut so the model still sees that it is its turn."""
+        body = self.tok.encode(self.config.observation_template.format(observation=text), add_special_tokens=False)
+        prefix = self.tok.encode(self.config.turn_prefix, add_special_tokens=False)
+        cap = min(self.config.max_observation_tokens, self.budget())
+        ids = (body[: max(cap - len(prefix), 0)] + prefix)[:cap]
+        self.ids += ids
+        self.logprobs += [0.0] * len(ids)
+        self.mask += [0] * len(ids)
+        self.transcript.append(("tool", text))
+
+    def result(self, reward: float, status: str, finish: FinishReason, **kw: Any) -> AgentResult:
+        return AgentResult(
+            prompt_ids=self.prompt_ids,
+            response_ids=self.ids,
+            logprobs=self.logprobs,
+            loss_mask=self.mask,
+            reward=reward,
+            status=status,
+            finish_reason=finish,
+            turns=self.turns,
+            diff=kw.pop("diff", ""),
+            policy_version=min(self.versions, default=0),
+            transcript=self.transcript,
+            **kw,
+        )

@@ -1,0 +1,94 @@
+"""The agent's tools (`bash`, `str_replace_editor`, `submit`) and how calls are read from text.
+
+A call is chat-style JSON between tags, as Hermes / Qwen models write it:
+
+    <tool_call>{"name": "bash", "arguments": {"command": "pytest -q"}}</tool_call>
+
+Only the first call of a turn runs. Every tool runs inside the episode's sandbox;
+a malformed call or a failing command is an observation for the model, never an
+exception: only the daemon failing (`InfraError`) ends an episode early.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cispo.envs.sandbox import Sandbox
+
+CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
+_CALL = re.compile(re.escape(CALL_OPEN) + r"(.*?)" + re.escape(CALL_CLOSE), re.DOTALL)
+REPO = "/workspace/repo"
+_EDITOR = (Path(__file__).parent / "editor_script.py").read_text()
+
+TOOL_DOCS = f"""You can use these tools. Call one per turn, exactly like this:
+{CALL_OPEN}{{"name": "bash", "arguments": {{"command": "ls"}}}}{CALL_CLOSE}
+
+- bash(command): run a shell command in the repository root ({REPO}); no network.
+- str_replace_editor(command, path, ...): command is one of
+    view (path; optional view_range [start, end]),
+    create (path, file_text),
+    str_replace (path, old_str, new_str; old_str must occur exactly once),
+    insert (path, insert_line, new_str; inserted after that line, 0 = top).
+- submit(): end the episode; your changes to the repository are graded by its tests."""
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Observation:
+    text: str
+    submitted: bool = False
+
+
+class ToolCallError(ValueError):
+    """The turn's text holds no call, or one we cannot read: told to the model, not raised to the trainer."""
+
+
+def parse_tool_call(text: str) -> ToolCall:
+    m = _CALL.search(text)
+    if not m:
+        raise ToolCallError(f"no tool call found; write one as {CALL_OPEN}{{\"name\": ..., \"arguments\": {{...}}}}{CALL_CLOSE}")
+    try:
+        data = json.loads(m.group(1))
+    except json.JSONDecodeError as e:
+        raise ToolCallError(f"the tool call is not valid JSON: {e.msg} at column {e.colno}") from e
+    if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+        raise ToolCallError('the tool call must be an object with a "name" string')
+    args = data.get("arguments", {})
+    if not isinstance(args, dict):
+        raise ToolCallError('"arguments" must be an object')
+    return ToolCall(data["name"], args)
+
+
+def end_of_call(text: str) -> int:
+    """Index just past the first complete tool call, or -1 (the turn has none)."""
+    m = _CALL.search(text)
+    return m.end() if m else -1
+
+
+def run_tool(call: ToolCall, sb: Sandbox, timeout: float, output_cap: int) -> Observation:
+    """Execute one call in the sandbox and describe the outcome for the model."""
+    if call.name == "submit":
+        return Observation("submitted", submitted=True)
+    if call.name == "bash":
+        command = call.arguments.get("command")
+        if not isinstance(command, str) or not command.strip():
+            return Observation("error: bash needs a non-empty 'command' string")
+        res = sb.exec(["bash", "-c", command], timeout=timeout, workdir=REPO, output_cap=output_cap)
+        status = f"[timed out after {timeout:g} s]" if res.timed_out else f"[exit code {res.exit_code}]"
+        sep = "" if not res.output or res.output.endswith("\n") else "\n"
+        return Observation(f"{res.output}{sep}{status}")
+    if call.name == "str_replace_editor":
+        res = sb.exec(["python3", "-c", _EDITOR], stdin=json.dumps(call.arguments).encode(),
+                      timeout=timeout, workdir=REPO, output_cap=output_cap)
+        return Observation(res.output if not res.timed_out else f"[editor timed out after {timeout:g} s]")
+    return Observation(f"error: unknown tool {call.name!r}; the tools are bash, str_replace_editor, submit")
+
