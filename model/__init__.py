@@ -6,5 +6,6 @@ Imports nothing of ours but `cispo.types`. Checkpoints are transformers' MiniMax
 from cispo.model.checkpoint import from_pretrained, save_pretrained
 from cispo.model.config import ModelConfig
 from cispo.model.modeling import LightningMoELM, LMOutput
+from cispo.model.sampler import Sampler
 
-__all__ = ["LMOutput", "LightningMoELM", "ModelConfig", "from_pretrained", "save_pretrained"]
+__all__ = ["LMOutput", "LightningMoELM", "ModelConfig", "Sampler", "from_pretrained", "save_pretrained"]

@@ -1,0 +1,137 @@
+"""The model's own batched sampler (vLLM 0.32 no longer has this architecture).
+
+Continuous batching over a fixed number of cache slots: every prompt (repeated n
+times) waits in a queue; free slots take the next prompts in one packed prefill, all
+running slots advance one token per batched decode step, and a slot whose sequence
+finishes is handed to the next waiting prompt at once. Each slot's state is one FP32
+(H, d, d) matrix per lightning layer plus the K/V of the softmax layers, so memory
+per slot grows only with the softmax layers' context.
+
+A sequence finishes with:
+* "stop": it sampled one of `stop_token_ids` (the stop token is kept, with its log-prob,
+  as the last token: the learner must learn to emit it);
+* "repetition": the last `repetition_window` tokens were each sampled with probability
+  > `repetition_prob` (MiniMax-M1's early stop; same rule as rollout/repetition.py);
+* "length": `max_tokens` reached, or the cache is full.
+
+Log-probs: see `sampling.py` (log-softmax of logits / temperature, untruncated).
+Satisfies `cispo.rollout.engine.RolloutEngine`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import torch
+
+from cispo.model.checkpoint import hf_to_ours
+from cispo.model.modeling import LightningMoELM
+from cispo.model.sampling import choose_tokens
+from cispo.types import Completion, FinishReason, SamplingParams
+
+
+@dataclass
+class _Running:
+    request: int  # index into the flat (prompt, sample) list
+    prompt_len: int
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    confident_run: int = 0  # consecutive tokens sampled with p > repetition_prob
+
+
+class Sampler:
+    def __init__(self, model: LightningMoELM, max_batch: int = 32, seed: int = 0):
+        """`max_batch`: cache slots, i.e. sequences decoded together."""
+        self.model = model.eval()
+        self.max_batch = max_batch
+        self.seed = seed
+        self._calls = 0
+        self._version = 0
+
+    # --- the RolloutEngine Protocol -------------------------------------------------------
+
+    def policy_version(self) -> int:
+        return self._version
+
+    @torch.no_grad()
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
+        """Copy new weights in place (our / transformers' names, stacked or per-expert) and set the version."""
+        incoming = hf_to_ours(dict(named_tensors), self.model.config)
+        params = dict(self.model.named_parameters())
+        unknown = sorted(set(incoming) - set(params))
+        if unknown:
+            raise KeyError(f"update_weights: no parameter named {unknown[:8]}")
+        for name, value in incoming.items():
+            if value.shape != params[name].shape:
+                raise ValueError(f"update_weights: {name} has shape {tuple(value.shape)}, expected {tuple(params[name].shape)}")
+            params[name].copy_(value)
+        self._version = version
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
+        """`params.n` completions per prompt, in prompt order."""
+        max_ctx = self.model.config.max_position_embeddings
+        for i, p in enumerate(prompts):
+            if not p or len(p) >= max_ctx:
+                raise ValueError(f"prompt {i}: {len(p)} tokens; need 1 to {max_ctx - 1} (max_position_embeddings)")
+        if params.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {params.max_tokens}")
+        requests = [i for i in range(len(prompts)) for _ in range(params.n)]
+        if not requests:
+            return [[] for _ in prompts]
+        generator = torch.Generator().manual_seed(params.seed if params.seed is not None else self.seed + self._calls)
+        self._calls += 1
+        cache_len = min(max_ctx, max(len(p) for p in prompts) + params.max_tokens)
+        cache = self.model.new_cache(min(self.max_batch, len(requests)), cache_len)
+        device = cache.lengths.device
+
+        pending = deque(range(len(requests)))
+        free = list(range(cache.lengths.numel()))
+        running: dict[int, _Running] = {}
+        done: dict[int, Completion] = {}
+
+        def advance(slots: list[int], logits: torch.Tensor) -> None:
+            tokens, logprobs = choose_tokens(logits, params.temperature, params.top_k, params.top_p, generator)
+            for slot, tok, lp in zip(slots, tokens.tolist(), logprobs.tolist()):
+                seq = running[slot]
+                seq.tokens.append(tok)
+                seq.logprobs.append(lp)
+                seq.confident_run = seq.confident_run + 1 if math.exp(lp) > params.repetition_prob else 0
+                reason = self._finish_reason(seq, params, cache_len)
+                if reason is not None:
+                    done[seq.request] = Completion(seq.tokens, seq.logprobs, reason, self._version)
+                    del running[slot]
+                    free.append(slot)
+
+        while pending or running:
+            if pending and free:
+                admitted = [(free.pop(0), pending.popleft()) for _ in range(min(len(free), len(pending)))]
+                ids = [prompts[requests[r]] for _, r in admitted]
+                for slot, r in admitted:
+                    running[slot] = _Running(request=r, prompt_len=len(prompts[requests[r]]))
+                cu = torch.tensor([0] + [len(p) for p in ids], device=device).cumsum(0)
+                flat = torch.tensor([t for p in ids for t in p], device=device)
+                slots = [s for s, _ in admitted]
+                advance(slots, self.model.prefill(flat, cu, cache, torch.tensor(slots, device=device)))
+                continue  # slots freed by one-token completions are refilled before decoding
+            slots = sorted(running)
+            last = torch.tensor([running[s].tokens[-1] for s in slots], device=device)
+            advance(slots, self.model.decode(last, cache, torch.tensor(slots, device=device)))
+
+        out: list[list[Completion]] = [[] for _ in prompts]
+        for r, prompt_idx in enumerate(requests):
+            out[prompt_idx].append(done[r])
+        return out
+
+    @staticmethod
+    def _finish_reason(seq: _Running, params: SamplingParams, cache_len: int) -> FinishReason | None:
+        if seq.tokens[-1] in params.stop_token_ids:
+            return "stop"
+        if params.repetition_window and seq.confident_run >= params.repetition_window:
+            return "repetition"
+        if len(seq.tokens) >= params.max_tokens or seq.prompt_len + len(seq.tokens) >= cache_len:
+            return "length"
+        return None
