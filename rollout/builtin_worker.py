@@ -1,0 +1,33 @@
+"""The built-in sampler as a rollout worker (the body of a Ray actor).
+
+The controller makes the actor: `ray.remote(num_cpus=...)(BuiltinSamplerWorker)`.
+It loads a checkpoint directory in transformers' MiniMax format with our model and
+forwards the `RolloutEngine` calls to `cispo.model.Sampler`.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+from cispo.model import Sampler, from_pretrained
+from cispo.types import Completion, SamplingParams
+
+
+class BuiltinSamplerWorker:
+    def __init__(self, checkpoint_dir: str, seed: int, max_batch: int = 32, num_threads: int | None = None):
+        """`num_threads`: torch intra-op threads; set it to the actor's CPU share so actors do not oversubscribe."""
+        if num_threads is not None:
+            torch.set_num_threads(num_threads)
+        torch.manual_seed(seed)
+        self.sampler = Sampler(from_pretrained(checkpoint_dir), max_batch=max_batch, seed=seed)
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
+        return self.sampler.generate(prompts, params)
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
+        self.sampler.update_weights(named_tensors, version)
+
+    def policy_version(self) -> int:
+        return self.sampler.policy_version()
