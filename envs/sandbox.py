@@ -181,15 +181,20 @@ class Sandbox:
         cap = self.config.output_cap if output_cap is None else output_cap
         cmd = ["python3", "-c", _RUNNER, str(cap), str(timeout), *argv]
         api = connect().api
-        exec_id = with_retries(
-            lambda: api.exec_create(
-                self.id, cmd, stdin=stdin is not None, user=USER, workdir=workdir, environment=env or {}
-            )["Id"],
-            "exec_create",
-        )
         start = time.monotonic()
         deadline = start + timeout + self.config.client_grace
-        sock = with_retries(lambda: api.exec_start(exec_id, socket=True), "exec_start")
+        try:
+            exec_id = with_retries(
+                lambda: api.exec_create(
+                    self.id, cmd, stdin=stdin is not None, user=USER, workdir=workdir, environment=env or {}
+                )["Id"],
+                "exec_create",
+            )
+            sock = with_retries(lambda: api.exec_start(exec_id, socket=True), "exec_start")
+        except InfraError:
+            if self._pids_exhausted():  # the command's own doing (a fork bomb that escaped its group)
+                return ExecResult(-1, "[the sandbox cannot start a process: its process limit is reached]", False, 0, 0.0)
+            raise
         raw: socket.socket = getattr(sock, "_sock", sock)
         try:
             if stdin is not None:
@@ -208,6 +213,13 @@ class Sandbox:
         finally:
             sock.close()
         return _parse(payload, time.monotonic() - start, cap)
+
+    def _pids_exhausted(self) -> bool:
+        try:
+            stats = self.container.stats(stream=False, one_shot=True)
+            return stats["pids_stats"]["current"] >= self.config.pids - 2
+        except (docker.errors.DockerException, KeyError, TypeError):
+            return False
 
     def write_tar(self, data: bytes, dest: str = WORKSPACE, timeout: float = 120.0) -> None:
         """Unpack a tar archive (streamed on stdin) into `dest` as the sandbox user.

@@ -3,9 +3,10 @@
 Sent as `python3 -c <this file> CAP TIMEOUT ARGV...`, so images need nothing of ours.
 Why inside: a command printing gigabytes (`yes`) must not push them through the
 Docker daemon; only the head and tail (CAP bytes together) ever leave the container.
-The command runs in its own session; at the deadline the whole process group gets
-SIGKILL. Processes that escape the group (setsid) cannot hold the exec open: the
-runner stops reading shortly after its child ends, and the pool's reset kills them.
+The command runs in its own session; when it ends, or at the deadline, the whole
+process group gets SIGKILL, so background jobs do not outlive their command.
+Processes that escape the group (setsid) cannot hold the exec open: the runner
+stops reading shortly after its child ends, and the pool's reset kills them.
 
 Output: head, tail, then one footer line `\\n<<cispo-runner>> CODE TIMED_OUT HEAD TAIL TOTAL`.
 Standard library only, Python >= 3.7: it runs on whatever python3 the image has.
@@ -20,6 +21,13 @@ import time
 
 CHUNK = 65536
 DRAIN_GRACE = 1.0  # seconds to keep reading after the child ended (its output still in the pipe)
+
+
+def kill_group(pgid):
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError:
+        pass
 
 
 def main():
@@ -55,11 +63,9 @@ def main():
         code = child.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         timed_out = 1
-        try:
-            os.killpg(child.pid, signal.SIGKILL)
-        except OSError:
-            pass
+        kill_group(child.pid)
         code = child.wait()
+    kill_group(child.pid)  # background jobs (`cmd &`, a shell fork bomb) end with their command
     deadline = time.monotonic() + DRAIN_GRACE
     reader.join(max(deadline - time.monotonic(), 0))
     out = sys.stdout.buffer
