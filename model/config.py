@@ -34,8 +34,11 @@ class ModelConfig:
     head_dim: int | None = 32
     # Per layer "linear_attention" (lightning) or "full_attention" (softmax); None: 7 lightning then 1 softmax, repeated.
     layer_types: list[str] | None = None
-    # Lightning block length B; the math is exact for any B, B only sets the compute schedule.
+    # transformers' lightning block length: only its compute schedule (and its checkpoints' decay buffers).
     block_size: int = 256
+    # Our lightning kernel's block length. The result is exact for any value (blocks only split the
+    # sum); intra-block work grows with it and the cross-block scan shrinks, 64 is the CPU optimum at head_dim 32.
+    lightning_chunk_size: int = 64
     # Experts per MoE layer.
     num_local_experts: int = 8
     # Experts each token is routed to (top-k, weights renormalised over the k).

@@ -150,14 +150,14 @@ class LightningMoELM(nn.Module):
         if cu_seqlens is None:
             if input_ids.ndim != 2:
                 raise ValueError(f"input_ids must be (batch, seq) without cu_seqlens; got shape {tuple(shape)}")
-            layout = PackedLayout.uniform(shape[0], shape[1], self.config.block_size, input_ids.device)
+            layout = PackedLayout.uniform(shape[0], shape[1], self.config.lightning_chunk_size, input_ids.device)
         else:
             if input_ids.numel() != int(cu_seqlens[-1]) or (input_ids.ndim == 2 and shape[0] != 1):
                 raise ValueError(
                     f"packed input_ids {tuple(shape)} must be (1, total) or (total,) with total = cu_seqlens[-1] "
                     f"= {int(cu_seqlens[-1])}"
                 )
-            layout = PackedLayout.from_cu_seqlens(cu_seqlens.to(input_ids.device), self.config.block_size)
+            layout = PackedLayout.from_cu_seqlens(cu_seqlens.to(input_ids.device), self.config.lightning_chunk_size)
         hidden, stats = self.model(input_ids.reshape(-1), ForwardContext(positions=layout.positions, layout=layout))
         logits = self.lm_head(hidden).view(*shape, -1)  # (batch, seq, vocab)
         return LMOutput(
@@ -178,7 +178,7 @@ class LightningMoELM(nn.Module):
 
         Returns the next-token logits (D, vocab) at each prompt's last token.
         """
-        layout = PackedLayout.from_cu_seqlens(cu_seqlens, self.config.block_size)
+        layout = PackedLayout.from_cu_seqlens(cu_seqlens, self.config.lightning_chunk_size)
         if layout.max_len > cache.max_len:
             raise ValueError(f"prompt of {layout.max_len} tokens does not fit the cache ({cache.max_len})")
         ctx = ForwardContext(positions=layout.positions, layout=layout, cache=cache, slots=slots)

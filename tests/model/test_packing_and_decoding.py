@@ -10,7 +10,7 @@ import cispo.model as cm
 
 def _model(seed: int = 0, **overrides) -> cm.LightningMoELM:
     torch.manual_seed(seed)
-    return cm.LightningMoELM(cm.ModelConfig.from_dict(hf_config(**overrides).to_dict())).eval()
+    return cm.LightningMoELM(cm.ModelConfig.from_dict({**hf_config(**overrides).to_dict(), "lightning_chunk_size": 16})).eval()
 
 
 def test_packed_forward_equals_separate_forwards():

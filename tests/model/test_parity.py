@@ -12,14 +12,16 @@ import cispo.model as cm
 
 def _inputs(seed: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (2, 75), generator=g)  # 75 tokens: four full 16-token blocks and a partial one
+    return torch.randint(0, 256, (2, 150), generator=g)  # 150 tokens: 9 full 16-token blocks and a partial one
 
 
-@pytest.mark.parametrize("tied", [False, True])
-def test_hf_checkpoint_loads_into_ours_with_equal_logits(tmp_path, tied):
+@pytest.mark.parametrize("tied,chunk", [(False, 64), (True, 16), (False, 7)])
+def test_hf_checkpoint_loads_into_ours_with_equal_logits(tmp_path, tied, chunk):
+    """Our lightning block (chunk) need not be transformers' block_size (16 here): the sum is exact."""
     hf = hf_model(hf_config(tie_word_embeddings=tied))
     hf.save_pretrained(tmp_path)
     ours = cm.from_pretrained(tmp_path).eval()
+    ours.config.lightning_chunk_size = chunk
     x = _inputs()
     with torch.no_grad():
         expected, got = hf(x).logits, ours(x).logits

@@ -15,7 +15,7 @@ FAVOURITE = 7  # the token the "confident" weights below emit
 
 def _model(seed: int = 0) -> cm.LightningMoELM:
     torch.manual_seed(seed)
-    return cm.LightningMoELM(cm.ModelConfig.from_dict(hf_config().to_dict())).eval()
+    return cm.LightningMoELM(cm.ModelConfig.from_dict({**hf_config().to_dict(), "lightning_chunk_size": 16})).eval()
 
 
 def _confident_weights(model: cm.LightningMoELM, p_logit: float) -> list[tuple[str, torch.Tensor]]:
