@@ -42,7 +42,8 @@ class GradeResult:
     reward: float  # 1.0 resolved, 0.0 otherwise, NaN for infra_error
     fraction: float  # share of the listed tests that passed (NaN if they never ran)
     tests: dict[str, str] = field(default_factory=dict)  # test id -> "passed" / "failed"
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole grading, sandbox start-up included
+    test_seconds: float = 0.0  # of which the test run itself
     patch_method: str = ""  # git_apply, git_apply_reject, patch_fuzz, none (empty patch)
     error: str = ""  # why, for patch_failed / timeout / infra_error
     log: str = ""  # tail of the test run's output
@@ -73,7 +74,8 @@ def grade(task: SWETask, model_patch: str, pool: SandboxPool) -> GradeResult:
 
     try:
         with pool.sandbox(task.image) as sb:
-            prep = sb.exec(["sh", "-c", PREPARE, "prepare", *restore], stdin=bundle, timeout=PREPARE_TIMEOUT)
+            prep = sb.exec(["sh", "-c", PREPARE, "prepare", *restore], stdin=bundle, timeout=PREPARE_TIMEOUT,
+                           trusted=True)
             marker = _marker(prep.output)
             if prep.exit_code == 10:
                 return done("patch_failed", error=f"no method applied the patch:\n{prep.output[-2000:]}")
@@ -97,9 +99,9 @@ def grade(task: SWETask, model_patch: str, pool: SandboxPool) -> GradeResult:
     log = run.output[-4000:]
     if run.timed_out:
         return done("timeout", fraction=fraction, tests=tests, patch_method=method, log=log,
-                    error=f"tests ran past {task.timeout:g} s")
+                    test_seconds=run.seconds, error=f"tests ran past {task.timeout:g} s")
     status: Status = "resolved" if passed == len(ids) else "unresolved"
-    return done(status, fraction=fraction, tests=tests, patch_method=method, log=log)
+    return done(status, fraction=fraction, tests=tests, patch_method=method, log=log, test_seconds=run.seconds)
 
 
 def _marker(output: str) -> str:

@@ -121,26 +121,30 @@ def paths_to_restore(model: PatchFiles, test_patch: PatchFiles) -> list[str]:
 # Runs in the sandbox as `sh -c PREPARE prepare PATHS...`, stdin a tar holding repo/ and
 # .cispo/{model,test}.patch. Applies the model's patch with fallbacks (tree reset between
 # attempts), restores PATHS to base (removing those base lacks), applies the test patch.
+# Tool output goes to a log of which only the tail is printed: a patch of a million
+# hunks must not flood the exec.
 # Exit 10: the model's patch did not apply; 11: the test patch did not (the task is broken).
 PREPARE = r"""
 set -u
 tar -x -i --no-same-owner -C /workspace || exit 12
 cd /workspace/repo || exit 12
 P=/workspace/.cispo
+log="$P/apply.log"
+quiet() { "$@" >>"$log" 2>&1; }
 clean() { git reset -q --hard HEAD && git clean -qfdx; }
 method=none
 if [ -s "$P/model.patch" ]; then
-  if git apply --whitespace=nowarn "$P/model.patch"; then method=git_apply
-  elif clean && git apply --whitespace=nowarn --reject "$P/model.patch"; then method=git_apply_reject
-  elif clean && patch --batch -u --fuzz=5 -p1 --no-backup-if-mismatch -i "$P/model.patch"; then method=patch_fuzz
-  else clean; echo "<<cispo-prepare>> patch_failed"; exit 10
+  if quiet git apply --whitespace=nowarn "$P/model.patch"; then method=git_apply
+  elif clean && quiet git apply --whitespace=nowarn --reject "$P/model.patch"; then method=git_apply_reject
+  elif clean && quiet patch --batch -u --fuzz=5 -p1 --no-backup-if-mismatch -i "$P/model.patch"; then method=patch_fuzz
+  else clean; tail -c 4000 "$log"; echo "<<cispo-prepare>> patch_failed"; exit 10
   fi
 fi
 for p in "$@"; do
   if git cat-file -e "HEAD:$p" 2>/dev/null; then git checkout -q HEAD -- "$p"; else rm -rf -- "$p"; fi
 done
-if [ -s "$P/test.patch" ]; then
-  git apply --whitespace=nowarn "$P/test.patch" || { echo "<<cispo-prepare>> test_patch_failed"; exit 11; }
+if [ -s "$P/test.patch" ] && ! quiet git apply --whitespace=nowarn "$P/test.patch"; then
+  tail -c 4000 "$log"; echo "<<cispo-prepare>> test_patch_failed"; exit 11
 fi
 echo "<<cispo-prepare>> applied $method"
 """
