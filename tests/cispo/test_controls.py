@@ -14,7 +14,6 @@ from cispo.controls import (
     has_signal,
     length_percentile,
     overlong_penalty,
-    repetition_stop_index,
     truncation_mask,
 )
 from cispo.types import Group, Sample
@@ -87,17 +86,6 @@ def test_truncation_mask():
     reasons = ["stop", "length", "repetition", "env_error"]
     assert truncation_mask(reasons, mask_truncated=True) == [1.0, 0.0, 1.0, 1.0]
     assert truncation_mask(reasons, mask_truncated=False) == [1.0] * 4
-
-
-def test_repetition_stop_index():
-    probs = [0.5, 0.995, 0.999, 0.3, 0.995, 0.999, 0.9999, 0.2]
-    assert repetition_stop_index(probs, window=3) == 7  # run at indices 4, 5, 6 → keep tokens[:7]
-    assert repetition_stop_index(probs, window=2) == 3
-    assert repetition_stop_index(probs, window=4) is None
-    assert repetition_stop_index(probs, window=0) is None
-    assert repetition_stop_index([0.99] * 5, window=2) is None  # strictly greater than the threshold
-    assert repetition_stop_index([0.99] * 5, window=2, threshold=0.98) == 2
-    assert repetition_stop_index([0.999] * 4, window=4) == 4
 
 
 def test_length_percentile_matches_torch_quantile():

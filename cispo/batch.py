@@ -1,0 +1,63 @@
+"""Turn scored samples into the tensors a learner rank trains on.
+
+Samples are right-padded into [B, L] token rows; every per-token tensor is aligned
+with the *targets* (position t holds the token at t+1 and the log-prob the model
+gives it from position t), so shapes are [B, L-1].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from cispo.types import Sample
+
+
+@dataclass
+class TrainBatch:
+    input_ids: torch.Tensor  # (B, L) prompt + response, right-padded with pad_id
+    attention_mask: torch.Tensor  # (B, L) 1 on real tokens
+    old_logp: torch.Tensor  # (B, L-1) behaviour log-prob of each target token; 0 off-response
+    loss_mask: torch.Tensor  # (B, L-1) 1 on trained response targets
+    advantages: torch.Tensor  # (B,) one advantage per sample
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def chunks(self, n: int) -> list["TrainBatch"]:
+        """`n` row chunks of sizes differing by at most one (some empty when n > len)."""
+        fields = (self.input_ids, self.attention_mask, self.old_logp, self.loss_mask, self.advantages)
+        return [TrainBatch(*parts) for parts in zip(*(torch.tensor_split(t, n) for t in fields))]
+
+
+def make_batch(samples: list[Sample], pad_id: int) -> TrainBatch:
+    """Pack samples into padded tensors. A sample that failed to score keeps a zero loss mask."""
+    length = max(len(s.prompt_ids) + len(s.response_ids) for s in samples)
+    b = len(samples)
+    input_ids = torch.full((b, length), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((b, length), dtype=torch.long)
+    old_logp = torch.zeros((b, length - 1), dtype=torch.float32)
+    loss_mask = torch.zeros((b, length - 1), dtype=torch.float32)
+    for i, s in enumerate(samples):
+        p, r = len(s.prompt_ids), len(s.response_ids)
+        input_ids[i, : p + r] = torch.tensor(s.prompt_ids + s.response_ids)
+        attention_mask[i, : p + r] = 1
+        # Response token j sits at position p+j and is predicted from position p+j-1.
+        old_logp[i, p - 1 : p - 1 + r] = torch.tensor(s.behaviour_logprobs, dtype=torch.float32)
+        if s.trainable:
+            loss_mask[i, p - 1 : p - 1 + r] = torch.tensor(s.loss_mask, dtype=torch.float32)
+    advantages = torch.tensor([s.advantage for s in samples], dtype=torch.float32)
+    return TrainBatch(input_ids, attention_mask, old_logp, loss_mask, advantages)
+
+
+def sft_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> TrainBatch:
+    """A supervised batch: the reference responses, advantage 1, behaviour log-prob 0."""
+    samples = [
+        Sample(sample_id=str(i), group_id=str(i), prompt_ids=p, response_ids=r,
+               behaviour_logprobs=[0.0] * len(r), finish_reason="stop", policy_version=0, reward=1.0)
+        for i, (p, r) in enumerate(zip(prompts, responses))
+    ]
+    for s in samples:
+        s.advantage = 1.0
+    return make_batch(samples, pad_id)

@@ -1,0 +1,229 @@
+"""Typed configuration: one dataclass per Hydra group, validated before any actor starts.
+
+Hydra merges conf/config.yaml and its groups onto `Config` (registered as the
+schema), so an unknown key or a wrong type fails at once and names the key.
+`validate` then checks the rules that span fields, saying the rule it applies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from omegaconf import MISSING
+
+@dataclass
+class ModelConfig:
+    # Architecture of the policy the job creates: "qwen2" (dense) or "minimax" (hybrid lightning MoE).
+    arch: str = "qwen2"
+    # Start from this HF checkpoint directory instead of a random init (its tokenizer must sit beside it).
+    path: Optional[str] = None
+    hidden_size: int = 128
+    num_layers: int = 2
+    # head_dim = hidden_size / num_heads; vLLM's CPU kernels need head_dim >= 32.
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 512
+    max_position_embeddings: int = 128
+    # Hybrid model only: experts per MoE layer, experts per token, and one softmax layer every N.
+    num_experts: int = 4
+    experts_per_token: int = 2
+    softmax_every: int = 8
+    # Compute the LM head in FP32 in trainer and sampler (MiniMax-M1: prob correlation 0.987 -> 0.997).
+    fp32_lm_head: bool = True
+    # Random-init seed of the policy.
+    init_seed: int = 0
+
+@dataclass
+class RolloutConfig:
+    # "vllm" (vLLM workers) or "builtin" (the model's own sampler; the only choice for arch=minimax).
+    engine: str = "vllm"
+    # Rollout actors; each holds one engine.
+    num_workers: int = 1
+    # CPUs reserved per rollout actor (GPUs: see num_gpus_per_worker).
+    num_cpus_per_worker: float = 1.0
+    num_gpus_per_worker: float = 0.0
+    # Prompts sampled per RL step; each gets algo.group_size responses.
+    prompts_per_step: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    # -1 disables top-k.
+    top_k: int = -1
+    # Response length cap in tokens.
+    max_new_tokens: int = 16
+    # Repetition early stop (MiniMax-M1): stop after N consecutive tokens each with p > repetition_prob; 0 = off.
+    repetition_window: int = 0
+    repetition_prob: float = 0.99
+    # vLLM's KV-cache size on CPU, GiB (VLLM_CPU_KVCACHE_SPACE).
+    kv_cache_gib: int = 1
+    # vLLM dtype: float32 on this CPU (bf16 kernels crash here); bfloat16 on GPUs.
+    dtype: str = "float32"
+    # A weight push that takes longer fails the job loudly instead of hanging it.
+    weight_push_timeout_s: float = 120.0
+    # A generate call that takes longer is treated as a dead engine.
+    generate_timeout_s: float = 600.0
+
+@dataclass
+class LearnerConfig:
+    # Data-parallel DeepSpeed ranks, one Ray actor each.
+    world_size: int = 1
+    # ZeRO stage: 0, 1, 2 or 3.
+    zero_stage: int = 2
+    num_cpus_per_rank: float = 1.0
+    num_gpus_per_rank: float = 0.0
+    lr: float = 1e-4
+    # AdamW betas and eps as MiniMax-M1 used them.
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-15
+    weight_decay: float = 0.0
+    # Clip the global gradient norm to this; 0 disables.
+    grad_clip: float = 1.0
+    # Samples per forward/backward on one rank; a step accumulates over the rank's whole shard.
+    micro_batch_size: int = 64
+    gradient_checkpointing: bool = False
+
+@dataclass
+class AlgoConfig:
+    # Policy loss, by registry name (cispo.losses): cispo, cispo_masked, ppo, grpo, dapo, gspo, reinforce.
+    loss: str = "cispo"
+    # CISPO IS-weight clip: r_hat = clamp(r, 1 - eps_low_is, 1 + eps_high_is). M1 leaves eps_high_is
+    # unpublished; eps_low_is=1 (no lower bound) and eps_high_is=4 follow the ScaleRL clip(r, 0, 5).
+    eps_low_is: float = 1.0
+    eps_high_is: float = 4.0
+    # PPO-style ratio clip for ppo/grpo/dapo/gspo/cispo_masked; null = the loss's published default
+    # (PPO 0.2/0.2, DAPO's clip-higher 0.2/0.28, GSPO 3e-4/4e-4).
+    clip_low: Optional[float] = None
+    clip_high: Optional[float] = None
+    # How token losses become one number: token_mean (M1: all response tokens of the batch / their
+    # count), seq_mean_token_mean, seq_mean_token_sum_norm (Dr.GRPO); null = the loss's default.
+    loss_agg: Optional[str] = None
+    # Responses per prompt (G); advantages are normalised within each group.
+    group_size: int = 8
+    # Advantage estimator, by registry name (cispo.advantages): grpo, drgrpo, rloo.
+    advantage: str = "grpo"
+    # DAPO dynamic sampling: drop groups whose rewards are all equal (no signal) and sample more.
+    dynamic_sampling: bool = False
+    # Sampling rounds per step when dynamic sampling keeps dropping groups.
+    dynamic_sampling_max_rounds: int = 3
+
+@dataclass
+class TaskConfig:
+    # Built-in task: "addition" (procedurally generated multi-digit sums).
+    name: str = "addition"
+    # Addition: operands have between min_digits and max_digits digits.
+    min_digits: int = 1
+    max_digits: int = 2
+    # Seed of the prompt stream; prompt i is a pure function of (seed, i), so resume is exact.
+    seed: int = 1234
+    # Held-out prompts for evaluation (drawn from a disjoint seed).
+    eval_size: int = 64
+
+@dataclass
+class RewardConfig:
+    # The reward function: "package.module:fn" or "/path/to/file.py:fn".
+    # Signature: fn(prompt: str, response: str, metadata: dict) -> float | {"score": float, ...}; async ok.
+    fn: str = "cispo.reward.builtin:addition_reward"
+    # fn takes lists (prompts, responses, metadatas) and returns a list.
+    batched: bool = False
+    # Per-sample time limit; a call past it is recorded as an error and the sample masked.
+    timeout_s: float = 10.0
+    # Stop the job when more than this fraction of a step's samples failed to score.
+    max_error_fraction: float = 0.5
+    # Reward worker actors scoring in parallel.
+    num_workers: int = 1
+
+@dataclass
+class LoggerConfig:
+    # W&B project; the run is offline unless WANDB_API_KEY is set (mode "auto").
+    project: str = "cispo"
+    # auto | offline | online | disabled
+    mode: str = "auto"
+    # Log a table of sample prompts/responses/rewards every N steps.
+    table_every: int = 10
+    # Rows in that table.
+    table_rows: int = 8
+    # Show a progress bar on the console.
+    progress_bar: bool = True
+
+@dataclass
+class TrainerConfig:
+    # RL steps (one learner update each).
+    steps: int = 60
+    # Everything the job writes: checkpoints, W&B files, Hydra's record of the config.
+    output_dir: str = "outputs/default"
+    seed: int = 0
+    # Save an HF + DeepSpeed checkpoint every N steps (and at the end); 0 = only at the end.
+    save_every: int = 20
+    # Continue from the last checkpoint in output_dir: same step, optimizer state and data position.
+    resume: bool = False
+    # Supervised warm-up on the task's reference answers before RL; 0 steps turns it off.
+    sft_steps: int = 100
+    sft_batch_size: int = 64
+    sft_lr: float = 1e-3
+    # Evaluate greedy accuracy on the held-out split every N steps; 0 = only at the end.
+    eval_every: int = 0
+
+@dataclass
+class RayConfig:
+    # Cluster address ("auto" or "ray://host:port"); None starts a local Ray.
+    address: Optional[str] = None
+    # CPUs a local Ray may use; None = all of the machine.
+    num_cpus: Optional[int] = None
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+class ConfigError(ValueError):
+    """A config that parses but breaks a rule; the message names the key."""
+
+def _check(ok: bool, key: str, rule: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {rule}")
+
+def validate(cfg: Config) -> Config:
+    """Check the rules that span fields; raise ConfigError naming the key and the rule."""
+    m, r, l, a, t, rw, tr = cfg.model, cfg.rollout, cfg.learner, cfg.algo, cfg.task, cfg.reward, cfg.trainer
+    _check(m.arch in ("qwen2", "minimax"), "model.arch", f"must be qwen2 or minimax, got {m.arch!r}")
+    _check(m.hidden_size % m.num_heads == 0, "model.hidden_size",
+           f"{m.hidden_size} is not divisible by model.num_heads={m.num_heads}")
+    _check(m.hidden_size // m.num_heads >= 32, "model.num_heads",
+           f"head_dim = {m.hidden_size}/{m.num_heads} = {m.hidden_size // m.num_heads} < 32 (vLLM's kernels need >= 32)")
+    _check(m.num_heads % m.num_kv_heads == 0, "model.num_kv_heads",
+           f"model.num_heads={m.num_heads} is not divisible by {m.num_kv_heads}")
+    _check(r.engine in ("vllm", "builtin"), "rollout.engine", f"must be vllm or builtin, got {r.engine!r}")
+    _check(not (m.arch == "minimax" and r.engine == "vllm"), "rollout.engine",
+           "vLLM has no MiniMax model class; use rollout.engine=builtin with model.arch=minimax")
+    _check(r.num_workers >= 1, "rollout.num_workers", "must be >= 1")
+    _check(r.prompts_per_step >= 1, "rollout.prompts_per_step", "must be >= 1")
+    _check(r.temperature > 0, "rollout.temperature", "must be > 0 (log-probs are of the tempered policy)")
+    _check(0 < r.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {r.top_p}")
+    _check(r.max_new_tokens >= 1, "rollout.max_new_tokens", "must be >= 1")
+    _check(l.world_size >= 1, "learner.world_size", "must be >= 1")
+    _check(l.zero_stage in (0, 1, 2, 3), "learner.zero_stage", f"must be 0-3, got {l.zero_stage}")
+    _check(l.lr > 0, "learner.lr", "must be > 0")
+    samples = r.prompts_per_step * a.group_size
+    _check(samples % l.world_size == 0, "rollout.prompts_per_step",
+           f"rollout batch {r.prompts_per_step} x algo.group_size {a.group_size} = {samples} samples "
+           f"is not divisible by learner.world_size {l.world_size}")
+    _check(a.group_size >= 2, "algo.group_size", "must be >= 2 (advantages are relative within a group)")
+    _check(a.eps_low_is >= 0 and a.eps_high_is >= 0, "algo.eps_low_is", "IS clip bounds must be >= 0")
+    _check(t.min_digits >= 1 and t.max_digits >= t.min_digits, "task.max_digits",
+           f"need 1 <= task.min_digits <= task.max_digits, got {t.min_digits}, {t.max_digits}")
+    _check(":" in rw.fn, "reward.fn", f"expected 'package.module:fn' or '/path/file.py:fn', got {rw.fn!r}")
+    _check(rw.timeout_s > 0, "reward.timeout_s", "must be > 0")
+    _check(0 <= rw.max_error_fraction <= 1, "reward.max_error_fraction", "must be in [0, 1]")
+    _check(cfg.logger.mode in ("auto", "offline", "online", "disabled"), "logger.mode",
+           f"must be auto, offline, online or disabled, got {cfg.logger.mode!r}")
+    _check(tr.steps >= 1, "trainer.steps", "must be >= 1")
+    _check(tr.sft_steps >= 0, "trainer.sft_steps", "must be >= 0")
+    return cfg

@@ -1,0 +1,143 @@
+"""Everything a training job holds: Ray, the task, the policy files, and its actors.
+
+Both drivers (synchronous `train.py`, asynchronous `train_async.py`) build a `Job`,
+so start-up, resume, evaluation and checkpointing are written once.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import ray
+
+from cispo.batch import sft_batch
+from cispo.checkpoint import TrainState, checkpoint_dir, deepspeed_dir, latest_checkpoint, tag, write_state
+from cispo.config import Config
+from cispo.learner_group import LearnerGroup
+from cispo.policy import create_policy
+from cispo.reward.pool import RewardPool
+from cispo.rollout.group import EngineSpec, RolloutGroup
+from cispo.tasks import make_task
+from cispo.tracking import Tracker
+from cispo.types import SamplingParams
+
+
+def connect_ray(cfg: Config) -> None:
+    if ray.is_initialized():
+        return
+    # Actors inherit the driver's environment: W&B and DeepSpeed settings travel with them.
+    runtime_env = {"env_vars": {k: v for k, v in os.environ.items() if k.startswith(("WANDB_", "DS_", "VLLM_"))}}
+    if cfg.ray.address:
+        ray.init(address=cfg.ray.address, runtime_env=runtime_env, log_to_driver=False)
+    else:
+        ray.init(num_cpus=cfg.ray.num_cpus or max(os.cpu_count() or 1, math.ceil(cpus_needed(cfg))),
+                 runtime_env=runtime_env, log_to_driver=False, include_dashboard=False)
+
+
+def cpus_needed(cfg: Config) -> float:
+    """Logical CPUs the job's actors reserve. A local Ray offers at least this many, so a
+    laptop (or this 2-core CI machine) runs the same job a cluster does, time-shared."""
+    return (cfg.learner.world_size * cfg.learner.num_cpus_per_rank
+            + cfg.rollout.num_workers * cfg.rollout.num_cpus_per_worker)
+
+
+class Job:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.out = Path(cfg.trainer.output_dir).resolve()
+        self.out.mkdir(parents=True, exist_ok=True)
+        connect_ray(cfg)
+        self.task = make_task(cfg.task)
+        self.state = TrainState()
+        resumed = latest_checkpoint(self.out) if cfg.trainer.resume else None
+        if resumed is not None:
+            ckpt, self.state = resumed
+            policy_dir = ckpt / "hf"
+        else:
+            if not cfg.trainer.resume:
+                self._clear_previous_run()
+            policy_dir = Path(cfg.model.path) if cfg.model.path else self.out / "init"
+            if not cfg.model.path:
+                create_policy(cfg.model, self.task.build_tokenizer(), policy_dir)
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(str(policy_dir))
+        self.learner = LearnerGroup(cfg, str(policy_dir))
+        if resumed is not None:
+            self.learner.load_checkpoint(str(deepspeed_dir(self.out)), tag(self.state.step))
+        r = cfg.rollout
+        kwargs = ({"dtype": r.dtype, "max_model_len": cfg.model.max_position_embeddings, "kv_cache_gib": r.kv_cache_gib}
+                  if r.engine == "vllm" else {})
+        self.rollout = RolloutGroup(
+            EngineSpec(r.engine, str(policy_dir), r.num_cpus_per_worker, r.num_gpus_per_worker, kwargs),
+            r.num_workers, r.generate_timeout_s, r.weight_push_timeout_s)
+        rw = cfg.reward
+        self.rewards = RewardPool(rw.fn, rw.timeout_s, rw.max_error_fraction, rw.num_workers, rw.batched)
+        self.tracker = Tracker(cfg, cfg.trainer.steps, self.state.step)
+        self.resumed = resumed is not None
+
+    def _clear_previous_run(self) -> None:
+        """A fresh (non-resume) job in a used output_dir starts clean: no stale checkpoint or W&B run."""
+        for name in ("checkpoints", "init", "wandb", "wandb_run_id"):
+            path = self.out / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+
+    def next_rows(self, n: int):
+        rows = [self.task.row(i) for i in range(self.state.next_prompt, self.state.next_prompt + n)]
+        self.state.next_prompt += n
+        return rows
+
+    def push_weights(self, version: int) -> float:
+        seconds = self.rollout.push_weights(self.learner.weights_ref(), version)
+        self.state.version = version
+        return seconds
+
+    def warm_up(self) -> dict[str, float]:
+        """Supervised warm-up on the task's reference answers, then the engines get the weights."""
+        tc = self.cfg.trainer
+        losses = []
+        for step in range(tc.sft_steps):
+            pairs = [self.task.reference_pair(step * tc.sft_batch_size + i) for i in range(tc.sft_batch_size)]
+            prompts = [self.tokenizer(p).input_ids for p, _ in pairs]
+            answers = [self.tokenizer(a, add_special_tokens=False).input_ids + [self.tokenizer.eos_token_id]
+                       for _, a in pairs]
+            losses.append(self.learner.sft_step(sft_batch(prompts, answers, self.tokenizer.pad_token_id),
+                                                tc.sft_lr)["sft_loss"])
+        self.push_weights(0)
+        return {"sft/loss_first": losses[0], "sft/loss_last": losses[-1]} if losses else {}
+
+    def evaluate(self) -> dict[str, float]:
+        """Greedy accuracy on the task's held-out prompts."""
+        rows = self.task.eval_rows()
+        params = SamplingParams(n=1, temperature=0.0, max_tokens=self.cfg.rollout.max_new_tokens,
+                                stop_token_ids=(self.tokenizer.eos_token_id,))
+        completions = self.rollout.generate([self.tokenizer(r.prompt).input_ids for r in rows], params)
+        texts = [self.tokenizer.decode(c[0].token_ids, skip_special_tokens=True) for c in completions]
+        results = self.rewards.score_items([(r.prompt, t, r.metadata) for r, t in zip(rows, texts)])
+        scores = [r.score for r in results if r.error is None]
+        return {"eval/greedy_reward": sum(scores) / max(len(scores), 1), "eval/errors": len(rows) - len(scores)}
+
+    def save(self) -> Path:
+        """HF model + tokenizer, DeepSpeed state and the trainer state of the current step."""
+        t0 = time.perf_counter()
+        directory = checkpoint_dir(self.out, self.state.step)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.learner.save_hf(str(directory / "hf"))
+        self.tokenizer.save_pretrained(str(directory / "hf"))
+        self.learner.save_checkpoint(str(deepspeed_dir(self.out)), tag(self.state.step))
+        write_state(directory, self.state)
+        self.save_seconds = time.perf_counter() - t0
+        return directory
+
+    def shutdown(self) -> None:
+        self.tracker.finish()
+        self.learner.shutdown()
+        self.rollout.shutdown()
+        self.rewards.shutdown()

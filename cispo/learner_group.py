@@ -1,0 +1,99 @@
+"""The learner ranks as Ray actors in one placement group, driven as a single learner."""
+
+from __future__ import annotations
+
+import math
+import socket
+
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from cispo.batch import TrainBatch
+from cispo.config import Config
+from cispo.learner import Learner, merge_rank_metrics
+from cispo.losses import loss_normalizer, loss_params as resolve_loss_params
+
+
+def _free_port() -> tuple[str, int]:
+    """An address and a free port on the node this runs on (the rank-0 rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return ray.util.get_node_ip_address(), s.getsockname()[1]
+
+
+class LearnerGroup:
+    def __init__(self, cfg: Config, model_dir: str):
+        lc = cfg.learner
+        self.world_size, self.loss_name = lc.world_size, cfg.algo.loss
+        self.micro_batch_size = lc.micro_batch_size
+        bundle = {"CPU": lc.num_cpus_per_rank, **({"GPU": lc.num_gpus_per_rank} if lc.num_gpus_per_rank else {})}
+        self.pg = placement_group([bundle] * lc.world_size, strategy="PACK")
+        try:
+            ray.get(self.pg.ready(), timeout=300)
+        except ray.exceptions.GetTimeoutError as e:
+            raise RuntimeError(f"no room in the Ray cluster for {lc.world_size} learner ranks of {bundle} "
+                               f"within 300 s; free resources: {ray.available_resources()}") from e
+        actor = ray.remote(Learner)
+        addr, port = ray.get(
+            ray.remote(num_cpus=0)(_free_port).options(
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=0)
+            ).remote()
+        )
+        self.ranks = [
+            actor.options(
+                num_cpus=lc.num_cpus_per_rank, num_gpus=lc.num_gpus_per_rank,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=rank),
+            ).remote(lc, cfg.algo, cfg.model, model_dir, rank, lc.world_size, addr, port, cfg.rollout.temperature)
+            for rank in range(lc.world_size)
+        ]
+
+    def _shards(self, batch: TrainBatch) -> tuple[list[TrainBatch], int]:
+        """One shard per rank, and the micro-batch count every rank uses (DeepSpeed needs it equal)."""
+        if len(batch) < self.world_size:
+            raise ValueError(f"a batch of {len(batch)} samples cannot feed learner.world_size={self.world_size} ranks")
+        n_micro = math.ceil(math.ceil(len(batch) / self.world_size) / self.micro_batch_size)
+        return batch.chunks(self.world_size), n_micro
+
+    def train_step(self, batch: TrainBatch, loss_params: dict) -> dict[str, float]:
+        loss_agg = resolve_loss_params(self.loss_name, **loss_params).loss_agg
+        normalizer = max(loss_normalizer(batch.loss_mask, loss_agg), 1.0)
+        shards, n_micro = self._shards(batch)
+        results = ray.get([r.train_step.remote(s, n_micro, normalizer, loss_params)
+                           for r, s in zip(self.ranks, shards)])
+        return merge_rank_metrics(results)
+
+    def sft_step(self, batch: TrainBatch, lr: float) -> dict[str, float]:
+        normalizer = max(float(batch.loss_mask.sum()), 1.0)
+        shards, n_micro = self._shards(batch)
+        results = ray.get([r.sft_step.remote(s, n_micro, normalizer, lr) for r, s in zip(self.ranks, shards)])
+        return {"sft_loss": sum(m["sft_loss"] for m in results)}
+
+    def logprobs(self, batch: TrainBatch):
+        import torch
+
+        shards, n_micro = self._shards(batch)
+        return torch.cat(ray.get([r.logprobs.remote(s, n_micro) for r, s in zip(self.ranks, shards)]))
+
+    def weights_ref(self) -> ray.ObjectRef:
+        """The full weights, put once in the object store for every engine to fetch."""
+        refs = [r.named_weights.remote() for r in self.ranks]
+        ray.get(refs[1:])
+        return refs[0]
+
+    def save_hf(self, directory: str) -> None:
+        ray.get([r.save_hf.remote(directory) for r in self.ranks])
+
+    def save_checkpoint(self, directory: str, tag: str) -> None:
+        ray.get([r.save_checkpoint.remote(directory, tag) for r in self.ranks])
+
+    def load_checkpoint(self, directory: str, tag: str) -> None:
+        ray.get([r.load_checkpoint.remote(directory, tag) for r in self.ranks])
+
+    def shutdown(self) -> None:
+        try:
+            ray.get([r.shutdown.remote() for r in self.ranks], timeout=60)
+        finally:
+            for r in self.ranks:
+                ray.kill(r)
+            remove_placement_group(self.pg)

@@ -1,0 +1,13 @@
+"""Build the task named by `task.name`."""
+
+from __future__ import annotations
+
+from cispo.config import TaskConfig
+
+
+def make_task(cfg: TaskConfig):
+    if cfg.name == "addition":
+        from cispo.envs.addition import AdditionTask
+
+        return AdditionTask(cfg.min_digits, cfg.max_digits, cfg.seed, cfg.eval_size)
+    raise ValueError(f"task.name={cfg.name!r} is unknown; known: addition")

@@ -1,0 +1,96 @@
+"""Weights & Biases and the console: one place that every entry point logs through.
+
+W&B runs offline (files under `trainer.output_dir/wandb`) unless WANDB_API_KEY is
+set; `logger.mode` forces a mode. Metric names are namespaced and stable:
+rollout/, reward/, learner/, env/, perf/, eval/.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from cispo.config import Config
+from cispo.types import Sample
+
+
+def wandb_mode(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+
+
+class Tracker:
+    def __init__(self, cfg: Config, total_steps: int, start_step: int):
+        self.cfg = cfg
+        self.mode = wandb_mode(cfg.logger.mode)
+        self.run = None
+        if self.mode != "disabled":
+            import wandb
+
+            out = Path(cfg.trainer.output_dir).resolve()
+            out.mkdir(parents=True, exist_ok=True)
+            self.run = wandb.init(project=cfg.logger.project, dir=str(out), mode=self.mode,
+                                  config=asdict(cfg), resume="allow", id=_run_id(out),
+                                  settings=wandb.Settings(console="off", silent=True))
+        self.bar = tqdm(total=total_steps, initial=start_step, desc="cispo", unit="step",
+                        disable=not cfg.logger.progress_bar, dynamic_ncols=True)
+
+    @property
+    def location(self) -> str:
+        if self.run is None:
+            return "W&B disabled"
+        return self.run.url if self.mode == "online" else str(Path(self.run.dir).parent)
+
+    def log(self, step: int, metrics: dict[str, float], advance: bool = True) -> None:
+        if self.run is not None:
+            self.run.log(metrics, step=step)
+        if not advance:
+            return
+        self.bar.update(1)
+        self.bar.set_postfix({k.split("/")[-1]: f"{metrics[k]:.3f}" for k in
+                              ("reward/mean", "learner/loss", "perf/samples_per_s") if k in metrics})
+
+    def log_static(self, metrics: dict[str, float]) -> None:
+        """Figures of the whole run (the warm-up's), kept in the run summary."""
+        if self.run is not None:
+            self.run.summary.update(metrics)
+        if metrics:
+            tqdm.write(" ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+
+    def log_samples(self, step: int, samples: list[Sample]) -> None:
+        if self.run is None:
+            return
+        import wandb
+
+        table = wandb.Table(columns=["step", "prompt", "response", "reward", "finish", "error"])
+        for s in samples[: self.cfg.logger.table_rows]:
+            table.add_data(step, s.prompt_text, s.response_text, s.reward, s.finish_reason, s.reward_error or "")
+        self.run.log({"samples": table}, step=step)
+
+    def alert(self, title: str, text: str) -> None:
+        tqdm.write(f"WARNING: {title}: {text}")
+        if self.run is not None and self.mode == "online":
+            self.run.alert(title=title, text=text)
+
+    def finish(self) -> None:
+        self.bar.close()
+        if self.run is not None:
+            self.run.finish()
+
+
+def _run_id(output_dir: Path) -> str:
+    """One W&B run per output dir, so a resumed job continues its run."""
+    path = output_dir / "wandb_run_id"
+    if not path.exists():
+        path.write_text(uuid.uuid4().hex[:8])
+    return path.read_text().strip()
+
+
+def format_summary(values: dict[str, Any]) -> str:
+    return "summary: " + " ".join(f"{k}={v}" for k, v in values.items())

@@ -1,0 +1,73 @@
+"""The synchronous driver: generate -> score -> advantages -> learner step -> push weights -> eval/save.
+
+Every sample is trained on by the policy version that sampled it (max_staleness 0).
+The asynchronous driver, `train_async.py`, differs in one visible way: it starts the
+next generation before the learner step.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+from cispo.batch import make_batch
+from cispo.collect import collect
+from cispo.config import Config
+from cispo.job import Job
+from cispo.step_metrics import learner_metrics, rollout_metrics
+from cispo.tracking import format_summary
+
+
+def loss_params(cfg: Config) -> dict:
+    a = cfg.algo
+    params = dict(eps_low_is=a.eps_low_is, eps_high_is=a.eps_high_is, clip_low=a.clip_low,
+                  clip_high=a.clip_high, loss_agg=a.loss_agg, max_tokens=cfg.rollout.max_new_tokens)
+    return {k: v for k, v in params.items() if v is not None}  # None: the loss's own default
+
+
+def train(cfg: Config) -> dict[str, float]:
+    job = Job(cfg)
+    tc, tracker = cfg.trainer, job.tracker
+    rewards_per_step: list[float] = []
+    samples_total, wall = 0, 0.0
+    try:
+        if not job.resumed and tc.sft_steps > 0:
+            tracker.log_static(job.warm_up())
+        for step in range(job.state.step, tc.steps):
+            t0 = time.perf_counter()
+            rollouts = collect(cfg, job.next_rows, job.rollout, job.rewards, job.tokenizer)
+            batch = make_batch(rollouts.samples, job.tokenizer.pad_token_id)
+            t1 = time.perf_counter()
+            learned = job.learner.train_step(batch, loss_params(cfg))
+            t2 = time.perf_counter()
+            push_s = job.push_weights(version=step + 1)
+            job.state.step = step + 1
+            step_s = time.perf_counter() - t0
+            metrics = {**rollout_metrics(rollouts), **learner_metrics(learned),
+                       "perf/learner_s": t2 - t1, "perf/push_s": push_s, "perf/step_s": step_s,
+                       "perf/samples_per_s": len(rollouts.samples) / step_s, "policy/version": job.state.version}
+            if tc.eval_every and job.state.step % tc.eval_every == 0:
+                metrics.update(job.evaluate())
+            tracker.log(job.state.step, metrics)
+            if step % cfg.logger.table_every == 0:
+                tracker.log_samples(job.state.step, rollouts.samples)
+            if tc.save_every and job.state.step % tc.save_every == 0 and job.state.step < tc.steps:
+                job.save()
+            rewards_per_step.append(metrics["reward/mean"])
+            samples_total, wall = samples_total + len(rollouts.samples), wall + step_s
+        final_eval = job.evaluate()
+        tracker.log(job.state.step, final_eval, advance=False)
+        checkpoint = job.save()
+        summary = {
+            "steps": job.state.step,
+            "reward_first10": round(statistics.fmean(rewards_per_step[:10]), 4) if rewards_per_step else float("nan"),
+            "reward_last10": round(statistics.fmean(rewards_per_step[-10:]), 4) if rewards_per_step else float("nan"),
+            "samples_per_s": round(samples_total / wall, 2) if wall else 0.0,
+        }
+        print(f"W&B run ({tracker.mode}): {tracker.location}")
+        print(f"checkpoint: {checkpoint / 'hf'}")
+        print(f"eval greedy reward: {final_eval['eval/greedy_reward']:.3f}")
+        print(format_summary(summary), flush=True)
+        return {**summary, **final_eval}
+    finally:
+        job.shutdown()

@@ -1,0 +1,99 @@
+"""A pool of RewardWorker actors that scores samples and survives bad reward functions.
+
+Each step's samples are split across the workers. A worker that died (the function
+crashed its process) or hung past its deadline is killed and replaced; its samples
+get an error and are masked, never silently dropped. When a step's error fraction
+passes `max_error_fraction`, the job stops with `RewardFunctionError`, naming the
+function and showing one traceback.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import ray
+
+from cispo.reward.worker import RewardResult, RewardWorker
+from cispo.types import Sample
+
+
+class RewardFunctionError(RuntimeError):
+    pass
+
+
+@dataclass
+class RewardStats:
+    scored: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+
+
+class RewardPool:
+    def __init__(self, spec: str, timeout_s: float, max_error_fraction: float,
+                 num_workers: int = 1, batched: bool = False, num_cpus: float = 0.0, start_timeout_s: float = 120.0):
+        self.spec, self.timeout_s, self.batched = spec, timeout_s, batched
+        self.max_error_fraction = max_error_fraction
+        self._actor_cls = ray.remote(num_cpus=num_cpus, max_restarts=0)(RewardWorker)
+        self.workers = [self._start() for _ in range(num_workers)]
+        # Fail now, not mid-run, when the function cannot be loaded: creating the actor
+        # loads it, and a load error surfaces on the first call.
+        try:
+            ray.get([w.is_poisoned.remote() for w in self.workers], timeout=start_timeout_s)
+        except ray.exceptions.GetTimeoutError as e:
+            raise RuntimeError(f"reward workers for {spec} did not start within {start_timeout_s:g} s "
+                               "(not enough free CPUs in the Ray cluster?)") from e
+        self.restarts = 0
+
+    def _start(self):
+        return self._actor_cls.remote(self.spec, self.timeout_s, self.batched)
+
+    def _replace(self, index: int) -> None:
+        ray.kill(self.workers[index], no_restart=True)
+        self.workers[index] = self._start()
+        self.restarts += 1
+
+    def score_items(self, items: list[tuple[str, str, dict]]) -> list[RewardResult]:
+        """Score (prompt, response, metadata) items, in order, spread over the workers."""
+        n = len(self.workers)
+        parts = [list(range(i, len(items), n)) for i in range(n)]
+        refs = {i: self.workers[i].score.remote([items[j] for j in part]) for i, part in enumerate(parts) if part}
+        # Each worker scores its part one item after another, each within timeout_s.
+        deadline = {i: time.monotonic() + self.timeout_s * (1 if self.batched else len(parts[i])) + 30.0
+                    for i in refs}
+        results: list[RewardResult | None] = [None] * len(items)
+        for i, ref in refs.items():
+            try:
+                part_results = ray.get(ref, timeout=max(0.0, deadline[i] - time.monotonic()))
+            except ray.exceptions.GetTimeoutError:
+                part_results = [RewardResult(None, error=f"{self.spec}: reward worker hung past its deadline")] * len(parts[i])
+                self._replace(i)
+            except ray.exceptions.RayActorError as e:
+                part_results = [RewardResult(None, error=f"{self.spec}: reward worker died: {e}")] * len(parts[i])
+                self._replace(i)
+            for j, result in zip(parts[i], part_results):
+                results[j] = result
+        for i in refs:
+            if ray.get(self.workers[i].is_poisoned.remote()):
+                self._replace(i)  # a timed-out call is still running in that worker
+        return results  # type: ignore[return-value]
+
+    def score(self, samples: list[Sample]) -> RewardStats:
+        """Fill reward, reward_details and reward_error of every sample; stop the job past the error budget."""
+        start = time.perf_counter()
+        results = self.score_items([(s.prompt_text, s.response_text, s.metadata) for s in samples])
+        for sample, result in zip(samples, results):
+            sample.reward, sample.reward_details, sample.reward_error = result.score, result.details, result.error
+        stats = RewardStats(scored=len(samples), errors=sum(s.reward_error is not None for s in samples),
+                            seconds=time.perf_counter() - start)
+        if samples and stats.errors / len(samples) > self.max_error_fraction:
+            example = next(s.reward_error for s in samples if s.reward_error is not None)
+            raise RewardFunctionError(
+                f"reward function {self.spec} failed on {stats.errors}/{len(samples)} samples of this step "
+                f"(more than reward.max_error_fraction={self.max_error_fraction}). One of the errors:\n{example}"
+            )
+        return stats
+
+    def shutdown(self) -> None:
+        for w in self.workers:
+            ray.kill(w)
