@@ -121,7 +121,6 @@ class SandboxPool:
 
     def _give_back(self, sb: Sandbox) -> None:
         """Reset (or, cold, remove) in the background; the slot is free at once."""
-        sb.uses += 1
         with self._lock:
             self._recycling[sb.image] += 1
         threading.Thread(target=self._recycle, args=(sb,), daemon=True).start()

@@ -121,7 +121,6 @@ class Sandbox:
         self.config = config
         self.image = image
         self.dead = False  # set once the container was killed or found gone
-        self.uses = 0
 
     @classmethod
     def create(cls, config: SandboxConfig, image: str | None = None) -> "Sandbox":

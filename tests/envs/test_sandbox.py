@@ -10,7 +10,7 @@ import requests
 from cispo.envs.engine import START_HINT, EngineUnavailable, InfraError, connect, with_retries
 from cispo.envs.image import DEFAULT_IMAGE, debian_mirror
 from cispo.envs.pool import SandboxPool
-from cispo.envs.sandbox import LABEL, Sandbox, owner_labels, sweep_leftovers
+from cispo.envs.sandbox import LABEL, owner_labels, sweep_leftovers
 
 
 def _our_processes(sb) -> list[str]:
