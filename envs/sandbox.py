@@ -47,7 +47,7 @@ _SLACK = 64 * 1024
 
 @dataclass(frozen=True)
 class SandboxConfig:
-    """Limits of one sandbox container (the conf group `env/sandbox` mirrors these)."""
+    """Limits of one sandbox container (meant to be mirrored by a conf group `env/sandbox`)."""
 
     image: str = DEFAULT_IMAGE  # default image; a task may name its own
     memory: str = "1g"  # RAM cap, tmpfs pages included; no swap
