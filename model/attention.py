@@ -51,9 +51,8 @@ class LightningAttention(nn.Module):
         qkv = F.silu(self.qkv_proj(x)).view(T, self.num_heads, 3 * self.head_dim)  # (T, H, 3d): [q | k | v] per head
         q, k, v = qkv.split(self.head_dim, dim=-1)  # (T, H, d) each
         if ctx.decoding:
-            cache = ctx.cache.state[self.layer_idx]
-            out, new_state = decode_step(q, k, v, cache[ctx.slots], self.slope)
-            cache[ctx.slots] = new_state
+            states = ctx.cache.state[self.layer_idx]
+            out, states[ctx.slots] = decode_step(q, k, v, states[ctx.slots], self.slope)
         else:
             out, final = lightning_attention(q, k, v, self.slope, ctx.layout, return_state=ctx.cache is not None)
             if ctx.cache is not None:
@@ -124,13 +123,16 @@ class SoftmaxAttention(nn.Module):
 
     def _decode(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         """One new token per slot: append its K/V at the slot's length, attend over the slot's prefix."""
-        keys, values = ctx.cache.keys[self.layer_idx], ctx.cache.values[self.layer_idx]
         pos = ctx.positions  # (N,) where the new token goes
-        keys[ctx.slots, :, pos] = k
-        values[ctx.slots, :, pos] = v
         L = int(pos.max()) + 1
-        kp = keys[ctx.slots, :, :L]  # (N, KVH, L, d)
-        vp = values[ctx.slots, :, :L]
+        kp = ctx.cache.keys[self.layer_idx][ctx.slots, :, :L]  # (N, KVH, L, d), a view when slots is a slice
+        vp = ctx.cache.values[self.layer_idx][ctx.slots, :, :L]
+        rows = torch.arange(pos.numel(), device=pos.device)
+        kp[rows, :, pos] = k
+        vp[rows, :, pos] = v
+        if not isinstance(ctx.slots, slice):  # kp, vp were gathered copies: write the new K/V back too
+            ctx.cache.keys[self.layer_idx][ctx.slots, :, pos] = k
+            ctx.cache.values[self.layer_idx][ctx.slots, :, pos] = v
         visible = torch.arange(L, device=q.device)[None, :] <= pos[:, None]  # (N, L)
         out = F.scaled_dot_product_attention(
             q[:, :, None], kp, vp, attn_mask=visible[:, None, None, :], enable_gqa=True

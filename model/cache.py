@@ -37,13 +37,23 @@ class DecodeCache:
                 self.values[i] = torch.zeros(num_slots, KVH, max_len, d, dtype=dtype, device=device)
 
 
+def as_rows(slots: torch.Tensor) -> torch.Tensor | slice:
+    """Consecutive slot numbers as a slice, so cache reads and writes are views."""
+    first, n = int(slots[0]), slots.numel()
+    if torch.equal(slots.cpu(), torch.arange(first, first + n)):
+        return slice(first, first + n)
+    return slots
+
+
 class ForwardContext(NamedTuple):
     """A NamedTuple, not a dataclass: ZeRO-3's hooks look for tensors only inside tuples, lists and dicts."""
 
     positions: torch.Tensor  # (T,) position of each token within its document (RoPE)
     layout: PackedLayout | None = None  # document structure; None when decoding
     cache: DecodeCache | None = None  # set for prefill and decode
-    slots: torch.Tensor | None = None  # (D,) or (T,) cache slot of each document / decoded token
+    # Cache rows of each document / decoded token: a slice when they are consecutive (a view, no
+    # gather/scatter copies; the common case with all slots busy), else an index tensor.
+    slots: torch.Tensor | slice | None = None
 
     @property
     def decoding(self) -> bool:

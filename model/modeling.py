@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from cispo.model.attention import LightningAttention, RMSNorm, SoftmaxAttention, rope_cos_sin
-from cispo.model.cache import DecodeCache, ForwardContext
+from cispo.model.cache import DecodeCache, ForwardContext, as_rows
 from cispo.model.config import ModelConfig
 from cispo.model.moe import Experts, RouterStats, SparseMoeBlock, TopKRouter, load_balancing_loss, routing_metrics
 from cispo.model.packing import PackedLayout
@@ -36,6 +36,13 @@ class LMOutput(NamedTuple):
 
     def router_metrics(self) -> dict[str, float]:
         return routing_metrics(self.tokens_per_expert)
+
+
+def _mix(residual: torch.Tensor, alpha: float, branch: torch.Tensor, beta: float) -> torch.Tensor:
+    """residual * alpha + branch * beta, skipping the multiplies by 1.0 (the usual factors; same bits)."""
+    residual = residual if alpha == 1 else residual * alpha
+    branch = branch if beta == 1 else branch * beta
+    return residual + branch
 
 
 class DecoderLayer(nn.Module):
@@ -58,10 +65,10 @@ class DecoderLayer(nn.Module):
     ) -> tuple[torch.Tensor, RouterStats]:
         h = self.input_layernorm(x)
         mixed = self.self_attn(h, ctx) if self.lightning else self.self_attn(h, ctx, rope)
-        x = h * self.attn_alpha + mixed * self.attn_beta
+        x = _mix(h, self.attn_alpha, mixed, self.attn_beta)
         h = self.post_attention_layernorm(x)
         moe, stats = self.mlp(h)
-        return h * self.mlp_alpha + moe * self.mlp_beta, stats
+        return _mix(h, self.mlp_alpha, moe, self.mlp_beta), stats
 
 
 class Backbone(nn.Module):
@@ -181,7 +188,7 @@ class LightningMoELM(nn.Module):
         layout = PackedLayout.from_cu_seqlens(cu_seqlens, self.config.lightning_chunk_size)
         if layout.max_len > cache.max_len:
             raise ValueError(f"prompt of {layout.max_len} tokens does not fit the cache ({cache.max_len})")
-        ctx = ForwardContext(positions=layout.positions, layout=layout, cache=cache, slots=slots)
+        ctx = ForwardContext(positions=layout.positions, layout=layout, cache=cache, slots=as_rows(slots))
         hidden, _ = self.model(tokens, ctx)
         cache.lengths[slots] = layout.lengths
         return self.lm_head(hidden[layout.last_token_index()])
@@ -192,6 +199,6 @@ class LightningMoELM(nn.Module):
         positions = cache.lengths[slots]
         if int(positions.max()) >= cache.max_len:
             raise ValueError(f"a slot is full: the cache holds {cache.max_len} tokens")
-        hidden, _ = self.model(tokens, ForwardContext(positions=positions, cache=cache, slots=slots))
+        hidden, _ = self.model(tokens, ForwardContext(positions=positions, cache=cache, slots=as_rows(slots)))
         cache.lengths[slots] = positions + 1
         return self.lm_head(hidden)

@@ -1,8 +1,7 @@
 """Mixture-of-experts FFN: softmax router, top-k renormalised weights, SwiGLU experts in grouped form.
 
-Tokens are sorted by expert once, and each projection is one grouped matmul over the
-sorted rows (`torch.nn.functional.grouped_mm`, offsets = cumulative tokens per
-expert): no Python loop over tokens or experts. The router's per-layer counts and
+Tokens are sorted by expert once, so each expert's tokens are one contiguous block
+and each projection is one GEMM per expert: no per-token work in Python. The router's per-layer counts and
 probability sums come back with the output so the model can form the load-balancing
 loss and the routing statistics the trainer logs.
 """
@@ -39,11 +38,6 @@ class TopKRouter(nn.Module):
         return probs, top_w / top_w.sum(dim=-1, keepdim=True), top_i
 
 
-def _contiguous_grad(grad: torch.Tensor) -> torch.Tensor:
-    # Workaround: grouped_mm's CPU backward rejects a zero-stride (expanded) incoming gradient.
-    return grad.contiguous()
-
-
 class Experts(nn.Module):
     """E SwiGLU experts stored as stacked tensors (transformers' layout: gate rows, then up rows)."""
 
@@ -55,23 +49,28 @@ class Experts(nn.Module):
         self.down_proj = nn.Parameter(torch.empty(E, D, I))
 
     def forward(self, x: torch.Tensor, top_w: torch.Tensor, top_i: torch.Tensor) -> torch.Tensor:
-        """x (T, D), top_w / top_i (T, k) -> (T, D): sum over the k chosen experts of weight * expert(x)."""
+        """x (T, D), top_w / top_i (T, k) -> (T, D): sum over the k chosen experts of weight * expert(x).
+
+        The (token, expert) pairs are sorted by expert, so each expert's rows are one
+        contiguous slice and each projection is one GEMM per expert. (torch's grouped_mm
+        would fuse the E GEMMs, but on CPU it wants the weights transposed, runs at half
+        the GEMM rate measured here, and its backward rejects expanded gradients.)
+        """
         T, k = top_i.shape
         flat_expert = top_i.reshape(-1)  # (T*k,)
         order = torch.argsort(flat_expert, stable=True)  # (S,) assignment rows grouped by expert
         token = order // k  # (S,) token of each sorted row
-        counts = torch.bincount(flat_expert, minlength=self.num_experts)
-        offsets = torch.cumsum(counts, 0).to(torch.int32)  # (E,) end row of each expert's group
+        counts = torch.bincount(flat_expert, minlength=self.num_experts).tolist()
+        weight = top_w.reshape(-1)[order, None].to(x.dtype)  # (S, 1)
 
         rows = x[token]  # (S, D)
-        h = F.grouped_mm(rows, self.gate_up_proj.transpose(1, 2), offs=offsets)  # (S, 2I)
-        gate, up = h.chunk(2, dim=-1)
-        h = F.silu(gate) * up  # (S, I)
-        y = F.grouped_mm(h, self.down_proj.transpose(1, 2), offs=offsets)  # (S, D)
-        if y.requires_grad:
-            y.register_hook(_contiguous_grad)
-        y = y * top_w.reshape(-1)[order, None].to(y.dtype)
-        return torch.zeros_like(x).index_add_(0, token, y)
+        outputs = []
+        for e, (xs, ws) in enumerate(zip(rows.split(counts), weight.split(counts))):
+            if xs.shape[0] == 0:
+                continue
+            gate, up = F.linear(xs, self.gate_up_proj[e]).chunk(2, dim=-1)  # (n_e, I) each
+            outputs.append(F.linear(F.silu(gate) * up, self.down_proj[e]) * ws)  # (n_e, D)
+        return torch.zeros_like(x).index_add_(0, token, torch.cat(outputs))
 
 
 class SparseMoeBlock(nn.Module):
