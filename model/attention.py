@@ -51,8 +51,9 @@ class LightningAttention(nn.Module):
         qkv = F.silu(self.qkv_proj(x)).view(T, self.num_heads, 3 * self.head_dim)  # (T, H, 3d): [q | k | v] per head
         q, k, v = qkv.split(self.head_dim, dim=-1)  # (T, H, d) each
         if ctx.decoding:
-            states = ctx.cache.state[self.layer_idx]
-            out, states[ctx.slots] = decode_step(q, k, v, states[ctx.slots], self.slope)
+            states = ctx.cache.state[self.layer_idx]  # (slots, H, d, d) FP32
+            out, new_states = decode_step(q, k, v, states[ctx.slots], self.slope)
+            states[ctx.slots] = new_states
         else:
             out, final = lightning_attention(q, k, v, self.slope, ctx.layout, return_state=ctx.cache is not None)
             if ctx.cache is not None:

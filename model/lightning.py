@@ -6,10 +6,9 @@ computed in blocks of B tokens with no Python loop over blocks:
 
 * intra-block: (Q K^T ⊙ D) V for every block at once, D_ij = exp(-s (i - j)) for i >= j;
 * inter-block: the state entering block n is S_n = sum_{m < n, same doc} g^(n-1-m) KV_m,
-  with KV_m = (K_m ⊙ key decay)^T V_m and g = exp(-s B). That scan is one batched
-  matmul with the lower-triangular (blocks x blocks) matrix of powers of g, whose
-  cost (blocks^2 d^2) is negligible next to the intra part (blocks B^2 d) at any
-  practical length, so time and memory stay linear in the number of tokens;
+  with KV_m = (K_m ⊙ key decay)^T V_m and g = exp(-s B): a log-depth scan over the
+  blocks (`_entering_states`), O(blocks log(blocks) d^2) elementwise work, so time
+  and memory stay linear in the number of tokens (up to that log);
 * output: intra + (Q ⊙ query decay) S_n.
 
 Everything runs in FP32 whatever the model dtype: the state is a long sum of decayed
@@ -51,9 +50,8 @@ def lightning_attention(
     """
     dtype = q.dtype
     B = layout.block_size
-    qb = layout.to_blocks(q.float()).permute(2, 0, 1, 3)  # (H, NB, B, d)
-    kb = layout.to_blocks(k.float()).permute(2, 0, 1, 3)  # (H, NB, B, d)
-    vb = layout.to_blocks(v.float()).permute(2, 0, 1, 3)  # (H, NB, B, d)
+    qkv = layout.to_blocks(torch.stack((q, k, v), dim=1).float())  # (NB, B, 3, H, d)
+    qb, kb, vb = qkv.permute(2, 3, 0, 1, 4).contiguous()  # (H, NB, B, d) each, one copy for all three
     s = slope.float().to(q.device)[:, None]  # (H, 1)
     s3 = s[:, :, None]  # (H, 1, 1)
 
@@ -69,12 +67,7 @@ def lightning_attention(
 
     # Inter-block: per-block KV contributions, then the decayed prefix sum over blocks of the same document.
     kv = torch.matmul((kb * key_decay).transpose(-1, -2), vb)  # (H, NB, d, d)
-    blk = torch.arange(layout.num_blocks, device=q.device, dtype=torch.float32)
-    lag = blk[:, None] - 1 - blk[None, :]  # (NB, NB) n - 1 - m
-    carries = (lag >= 0) & (layout.block_doc[:, None] == layout.block_doc[None, :])  # (NB, NB)
-    scan = torch.where(carries, torch.exp(-s3 * B * lag.clamp(min=0)), 0.0)  # (H, NB, NB)
-    H, NB, d = kv.shape[0], kv.shape[1], kv.shape[-1]
-    states = torch.matmul(scan, kv.reshape(H, NB, d * d)).view(H, NB, d, d)  # state entering each block
+    states = _entering_states(kv, layout.block_doc, torch.exp(-s[:, 0] * B))  # (H, NB, d, d)
     out = out + torch.matmul(qb * query_decay, states)  # (H, NB, B, d)
 
     result = layout.from_blocks(out.permute(1, 2, 0, 3)).to(dtype)  # (T, H, d)
@@ -89,6 +82,27 @@ def lightning_attention(
     final = torch.exp(-s * r)[..., None, None] * states[:, last]  # (H, D, d, d)
     final = final + torch.matmul((kb[:, last] * tok_decay[..., None]).transpose(-1, -2), vb[:, last])
     return result, final.permute(1, 0, 2, 3)  # (D, H, d, d)
+
+
+def _entering_states(kv: torch.Tensor, block_doc: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """S_n = sum_{m < n, doc(m) = doc(n)} g^(n-1-m) KV_m for every block n, in log2(blocks) steps.
+
+    A Hillis-Steele scan of the inclusive sums P_n = sum_{m <= n} g^(n-m) KV_m: step j adds
+    g^(2^j) P_(n-2^j) to P_n when block n-2^j is in the same document (documents are
+    contiguous runs of blocks, so then every block between is too). S_n = P_(n-1) within a
+    document, 0 at its first block. kv: (H, NB, d, d); g: (H,) decay over one block.
+    """
+    NB = kv.shape[1]
+    prefix, offset, decay = kv, 1, g[:, None, None, None]  # decay = g^offset, (H, 1, 1, 1)
+    while offset < NB:
+        same_doc = (block_doc[offset:] == block_doc[:-offset]).to(kv.dtype)[None, :, None, None]  # (1, NB-o, 1, 1)
+        carried = prefix[:, :-offset] * (decay * same_doc)  # (H, NB-o, d, d)
+        prefix = torch.cat((prefix[:, :offset], prefix[:, offset:] + carried), dim=1)
+        decay, offset = decay * decay, offset * 2
+    starts_doc = torch.ones_like(block_doc, dtype=torch.bool)
+    starts_doc[1:] = block_doc[1:] != block_doc[:-1]  # (NB,) first block of a document
+    entering = torch.cat((torch.zeros_like(kv[:, :1]), prefix[:, :-1]), dim=1)  # (H, NB, d, d) P_(n-1)
+    return entering.masked_fill(starts_doc[None, :, None, None], 0.0)
 
 
 def decode_step(
