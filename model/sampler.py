@@ -60,7 +60,7 @@ class Sampler:
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
         """Copy new weights in place (our / transformers' names, stacked or per-expert) and set the version."""
         incoming = hf_to_ours(dict(named_tensors), self.model.config)
-        params = dict(self.model.named_parameters())
+        params = dict(self.model.named_parameters(remove_duplicate=False))  # tied head: both names
         unknown = sorted(set(incoming) - set(params))
         if unknown:
             raise KeyError(f"update_weights: no parameter named {unknown[:8]}")

@@ -7,6 +7,7 @@ import torch
 from minimax_reference import hf_config
 
 import cispo.model as cm
+from cispo.model.checkpoint import ours_to_hf
 from cispo.rollout.engine import RolloutEngine
 from cispo.types import SamplingParams
 
@@ -135,3 +136,13 @@ def test_seed_makes_sampling_reproducible_and_truncation_works():
     nucleus = sampler.generate(_prompts(), SamplingParams(temperature=1.0, top_p=1e-6, max_tokens=12, seed=9))
     ids = lambda out: [c.token_ids for group in out for c in group]  # noqa: E731
     assert ids(top1) == ids(greedy) == ids(nucleus)
+
+
+def test_update_weights_with_a_tied_head_and_per_expert_names():
+    """Tied embeddings and transformers' on-disk expert names (w1/w2/w3) are accepted too."""
+    torch.manual_seed(0)
+    source = cm.LightningMoELM(cm.ModelConfig.from_dict(hf_config(tie_word_embeddings=True).to_dict()))
+    target = cm.LightningMoELM(cm.ModelConfig.from_dict(hf_config(tie_word_embeddings=True).to_dict()))
+    cm.Sampler(target).update_weights(ours_to_hf(source.state_dict(), source.config).items(), version=2)
+    for (name, a), (_, b) in zip(source.state_dict().items(), target.state_dict().items()):
+        assert torch.equal(a, b), name

