@@ -82,7 +82,7 @@ class Job:
 
     def _clear_previous_run(self) -> None:
         """A fresh (non-resume) job in a used output_dir starts clean: no stale checkpoint or W&B run."""
-        for name in ("checkpoints", "init", "wandb", "wandb_run_id"):
+        for name in ("checkpoints", "init", "wandb", "wandb_run_id", "metrics.jsonl"):
             path = self.out / name
             if path.is_dir():
                 shutil.rmtree(path)

@@ -14,7 +14,6 @@ import os
 from typing import Iterator
 
 import torch
-import torch.nn.functional as F
 
 from cispo.batch import TrainBatch
 from cispo.config import AlgoConfig, LearnerConfig, ModelConfig
@@ -53,7 +52,6 @@ class Learner:
         deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
         self.rank, self.world_size = rank, world_size
         self.cfg, self.algo, self.temperature = learner_cfg, algo_cfg, temperature
-        self.fp32_lm_head = model_cfg.fp32_lm_head
         torch.manual_seed(0)
         model = load_policy(model_dir, model_cfg)
         if learner_cfg.gradient_checkpointing:
@@ -66,15 +64,12 @@ class Learner:
     # ------------------------------------------------------------------ log-probs
 
     def _logits(self, batch: TrainBatch) -> torch.Tensor:
-        """(B, L-1, V) logits of every target token, the LM head in FP32 when configured."""
-        model = self.engine.module
-        if self.fp32_lm_head:
-            hidden = model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
-            head = model.lm_head.weight
-            logits = F.linear(hidden[:, :-1].float(), head.float())
-        else:
-            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1].float()
-        return logits / self.temperature  # the sampler's log-probs are of the tempered policy
+        """(B, L-1, V) FP32 logits of every target token, divided by the sampling temperature.
+
+        Through the engine's forward, never the bare module: ZeRO-3 gathers weights and
+        counts micro-steps there (skipping it silently drops accumulated gradients)."""
+        out = self.engine(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+        return out.logits[:, :-1].float() / self.temperature  # the sampler's log-probs are of the tempered policy
 
     @staticmethod
     def _target_logp(logits: torch.Tensor, batch: TrainBatch) -> torch.Tensor:
@@ -156,7 +151,9 @@ class Learner:
     def _iter_full_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         import deepspeed
 
-        for name, param in self.engine.module.named_parameters():
+        # remove_duplicate=False: tied weights (lm_head = embed_tokens) go out under both names;
+        # vLLM may keep separate copies of them (on CPU it repacks the LM head).
+        for name, param in self.engine.module.named_parameters(remove_duplicate=False):
             with deepspeed.zero.GatheredParameters([param], enabled=self.cfg.zero_stage == 3):
                 yield name, param.detach().to("cpu", torch.float32).clone()
 

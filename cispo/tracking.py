@@ -7,6 +7,7 @@ rollout/, reward/, learner/, env/, perf/, eval/.
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from dataclasses import asdict
@@ -38,6 +39,8 @@ class Tracker:
             self.run = wandb.init(project=cfg.logger.project, dir=str(out), mode=self.mode,
                                   config=asdict(cfg), resume="allow", id=_run_id(out),
                                   settings=wandb.Settings(console="off", silent=True))
+        # The same metrics as JSON lines, for scripts and tests that read a run without W&B.
+        self.metrics_file = open(Path(cfg.trainer.output_dir) / "metrics.jsonl", "a")
         self.bar = tqdm(total=total_steps, initial=start_step, desc="cispo", unit="step",
                         disable=not cfg.logger.progress_bar, dynamic_ncols=True)
 
@@ -50,6 +53,8 @@ class Tracker:
     def log(self, step: int, metrics: dict[str, float], advance: bool = True) -> None:
         if self.run is not None:
             self.run.log(metrics, step=step)
+        self.metrics_file.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.metrics_file.flush()
         if not advance:
             return
         self.bar.update(1)
@@ -80,6 +85,7 @@ class Tracker:
 
     def finish(self) -> None:
         self.bar.close()
+        self.metrics_file.close()
         if self.run is not None:
             self.run.finish()
 

@@ -1,0 +1,107 @@
+"""Reward plug-ins: loading by module and file path, and failures that never crash a run."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from cispo.reward.loader import RewardLoadError, load_reward_fn
+from cispo.reward.pool import RewardFunctionError, RewardPool
+from cispo.types import Sample
+
+USER_FILE = Path(__file__).with_name("user_rewards.py")
+
+
+def samples(*responses: str) -> list[Sample]:
+    return [Sample(sample_id=str(i), group_id="g", prompt_ids=[1], response_ids=[2], behaviour_logprobs=[-0.1],
+                   finish_reason="stop", policy_version=0, prompt_text="1+1=", response_text=r,
+                   metadata={"answer": "2"}) for i, r in enumerate(responses)]
+
+
+def test_load_by_module_and_file_path():
+    assert load_reward_fn("cispo.reward.builtin:addition_reward")("1+1=", "2", {"answer": "2"})["score"] == 1.0
+    assert load_reward_fn(f"{USER_FILE}:length_reward")("", "abc", {}) == 3.0
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("no_colon", "expected 'package.module:fn'"),
+    ("/nonexistent/file.py:fn", "no file"),
+    ("cispo.reward.not_a_module:fn", "cannot import module"),
+    (f"{USER_FILE}:missing", "has no 'missing'"),
+    (f"{USER_FILE}:NOT_A_FUNCTION", "not a function"),
+])
+def test_load_errors_name_the_problem(spec, message):
+    with pytest.raises(RewardLoadError, match=message):
+        load_reward_fn(spec)
+
+
+def test_good_functions_score(ray_session):
+    for fn, expected, details in [("length_reward", 3.0, {}), ("detailed_reward", 0.5, {"note": ""}),
+                                  ("async_reward", 1.0, {})]:
+        pool = RewardPool(f"{USER_FILE}:{fn}", timeout_s=5, max_error_fraction=0.0)
+        batch = samples("abc")
+        stats = pool.score(batch)
+        assert (batch[0].reward, batch[0].reward_details, batch[0].reward_error) == (expected, details, None)
+        assert stats.errors == 0
+        pool.shutdown()
+
+
+def test_batched_function(ray_session):
+    pool = RewardPool(f"{USER_FILE}:batch_reward", timeout_s=5, max_error_fraction=0.0, batched=True)
+    batch = samples("2", "3", "2")
+    pool.score(batch)
+    assert [s.reward for s in batch] == [1.0, 0.0, 1.0]
+    pool.shutdown()
+
+
+@pytest.mark.parametrize("fn, error", [
+    ("raising_reward", "ValueError: cannot score"),
+    ("nan_reward", "returned nan"),
+    ("none_reward", "returned None"),
+])
+def test_bad_results_are_recorded_and_masked(ray_session, fn, error):
+    pool = RewardPool(f"{USER_FILE}:{fn}", timeout_s=5, max_error_fraction=1.0)
+    batch = samples("x", "y")
+    stats = pool.score(batch)
+    assert stats.errors == 2
+    for s in batch:
+        assert s.reward is None and error in s.reward_error and not s.trainable
+    pool.shutdown()
+
+
+def test_hanging_call_times_out_and_worker_is_replaced(ray_session):
+    pool = RewardPool(f"{USER_FILE}:hanging_reward", timeout_s=1.0, max_error_fraction=1.0)
+    batch = samples("ok", "hang", "ok")
+    pool.score(batch)
+    assert [s.reward for s in batch] == [1.0, None, 1.0]
+    assert "timed out after 1 s" in batch[1].reward_error
+    assert pool.restarts == 1  # the thread still sleeping in the old worker died with it
+    again = samples("ok")
+    pool.score(again)
+    assert again[0].reward == 1.0
+    pool.shutdown()
+
+
+def test_hanging_async_call_times_out(ray_session):
+    pool = RewardPool(f"{USER_FILE}:hanging_async_reward", timeout_s=0.5, max_error_fraction=1.0)
+    batch = samples("a")
+    pool.score(batch)
+    assert "timed out" in batch[0].reward_error
+    pool.shutdown()
+
+
+def test_error_budget_stops_the_job_with_one_traceback(ray_session):
+    pool = RewardPool(f"{USER_FILE}:raising_reward", timeout_s=5, max_error_fraction=0.5)
+    with pytest.raises(RewardFunctionError) as info:
+        pool.score(samples("a", "b"))
+    text = str(info.value)
+    assert "raising_reward" in text and "2/2 samples" in text and "Traceback" in text
+    assert text.count("Traceback") == 1
+    pool.shutdown()
+
+
+def test_unloadable_function_fails_at_start(ray_session):
+    with pytest.raises(Exception, match="has no 'missing'"):
+        RewardPool(f"{USER_FILE}:missing", timeout_s=5, max_error_fraction=0.0)

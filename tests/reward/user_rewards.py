@@ -1,0 +1,47 @@
+"""Reward functions a user might write, well-behaved and not (loaded by path in the tests)."""
+
+import asyncio
+import math
+import time
+
+
+def length_reward(prompt, response, metadata):
+    return float(len(response))
+
+
+def detailed_reward(prompt, response, metadata):
+    return {"score": 0.5, "note": metadata.get("note", "")}
+
+
+async def async_reward(prompt, response, metadata):
+    await asyncio.sleep(0.01)
+    return 1.0
+
+
+def raising_reward(prompt, response, metadata):
+    raise ValueError(f"cannot score {response!r}")
+
+
+def nan_reward(prompt, response, metadata):
+    return math.nan
+
+
+def none_reward(prompt, response, metadata):
+    return None
+
+
+def hanging_reward(prompt, response, metadata):
+    if response == "hang":
+        time.sleep(3600)
+    return 1.0
+
+
+async def hanging_async_reward(prompt, response, metadata):
+    await asyncio.sleep(3600)
+
+
+def batch_reward(prompts, responses, metadatas):
+    return [float(r == m["answer"]) for r, m in zip(responses, metadatas)]
+
+
+NOT_A_FUNCTION = 3
