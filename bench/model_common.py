@@ -63,6 +63,19 @@ def best_time(fn: Callable[[], object], repeats: int) -> float:
     return best
 
 
+def interleaved_best(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """Best time of each function over `rounds` rounds that call them in turn.
+
+    Other jobs share these cores; alternating puts both sides through the same weather,
+    and the minimum keeps each side's least disturbed run.
+    """
+    best = {name: float("inf") for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            best[name] = min(best[name], best_time(fn, 1))
+    return best
+
+
 def matmul_flops(n: int = 2048) -> float:
     """This machine's FP32 GEMM rate now (FLOP/s): the ceiling the other figures are read against."""
     a, b = torch.randn(n, n), torch.randn(n, n)

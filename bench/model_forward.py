@@ -3,7 +3,7 @@
 Prints, per length, both times and their ratio; our t(32K)/t(8K) (4.0 is linear; the one
 softmax layer is quadratic and pushes it up); the lightning kernel's own scaling; and
 the kernel's achieved FLOP/s at 16K as a fraction of this machine's FP32 GEMM rate.
-CPU, FP32, 2 threads. `--quick` uses short lengths (a smoke run, not the figures).
+CPU, FP32, 2 threads (`--threads`). `--quick` uses short lengths (a smoke run, not the figures).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from model_common import best_time, keep_large_allocations, matmul_flops, twin_models
+from model_common import best_time, interleaved_best, keep_large_allocations, matmul_flops, twin_models
 
 from cispo.model.lightning import decay_slopes, lightning_attention
 from cispo.model.packing import PackedLayout
@@ -30,9 +30,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="short lengths, for a smoke run")
     parser.add_argument("--skip-hf-above", type=int, default=32768, help="skip transformers above this length")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (the figures use 2)")
     args = parser.parse_args()
     keep_large_allocations()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     lengths = [1024, 2048, 4096] if args.quick else [4096, 8192, 16384, 32768]
     hf, ours = twin_models()
     gemm = matmul_flops()
@@ -43,13 +44,10 @@ def main() -> None:
     for T in lengths:
         ids = torch.randint(0, 512, (1, T), generator=torch.Generator().manual_seed(T))
         skip_hf = T > args.skip_hf_above
-        # Interleaved, best of several: other jobs share these 2 cores, so take each side's least disturbed run.
-        t_ours, t_hf = float("inf"), float("inf")
+        fns = {"ours": lambda: ours(ids)} if skip_hf else {"ours": lambda: ours(ids), "hf": lambda: hf(ids)}
         with torch.no_grad():
-            for _ in range(1 if T >= 32768 else 2 if T >= 16384 else 3):
-                t_ours = min(t_ours, best_time(lambda: ours(ids), 1))
-                if not skip_hf:
-                    t_hf = min(t_hf, best_time(lambda: hf(ids), 1))
+            t = interleaved_best(fns, rounds=1 if T >= 32768 else 2 if T >= 16384 else 3)
+        t_ours, t_hf = t["ours"], t.get("hf")
         ours_t[T] = t_ours
         if skip_hf:
             print(f"{T:>7} {t_ours:>8.2f} {'skipped':>8}")

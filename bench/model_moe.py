@@ -3,7 +3,7 @@
 transformers 5.19 runs its experts through an "experts implementation": `grouped_mm`
 (its default when a model is loaded) or `eager` (a Python loop over the experts hit,
 with one-hot masks). Both are timed. Token counts cover decoding (32), prefill and
-training (512 to 16K). CPU, FP32, 2 threads. `--quick`: fewer, smaller points.
+training (512 to 16K). CPU, FP32, 2 threads (`--threads`). `--quick`: fewer, smaller points.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from model_common import best_time, hf_config, keep_large_allocations
+from model_common import hf_config, interleaved_best, keep_large_allocations
 from transformers.models.minimax.modeling_minimax import MiniMaxSparseMoeBlock
 
 import cispo.model as cm
@@ -21,9 +21,10 @@ from cispo.model.moe import SparseMoeBlock
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer, smaller token counts")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (the figures use 2)")
     args = parser.parse_args()
     keep_large_allocations()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     config = hf_config()
     torch.manual_seed(0)
     ours = SparseMoeBlock(cm.ModelConfig.from_dict(config.to_dict())).eval()
@@ -42,13 +43,14 @@ def main() -> None:
     print(f"{'tokens':>7} {'ours ms':>9} {'hf grouped_mm':>14} {'ratio':>6} {'hf eager':>9} {'ratio':>6}")
     for T in counts:
         x = torch.randn(1, T, config.hidden_size, generator=torch.Generator().manual_seed(T))
-        repeats = 20 if T <= 512 else 3
         with torch.no_grad():
             torch.testing.assert_close(ours(x[0])[0], refs["grouped_mm"](x)[0], atol=1e-5, rtol=1e-4)
-            t_ours = best_time(lambda: ours(x[0]), repeats)
-            t_hf = {impl: best_time(lambda: ref(x), repeats) for impl, ref in refs.items()}
-        print(f"{T:>7} {t_ours * 1e3:>9.2f} {t_hf['grouped_mm'] * 1e3:>14.2f} {t_hf['grouped_mm'] / t_ours:>5.2f}x "
-              f"{t_hf['eager'] * 1e3:>9.2f} {t_hf['eager'] / t_ours:>5.2f}x")
+            t = interleaved_best(
+                {"ours": lambda: ours(x[0]), "grouped_mm": lambda: refs["grouped_mm"](x), "eager": lambda: refs["eager"](x)},
+                rounds=30 if T <= 512 else 5,
+            )
+        print(f"{T:>7} {t['ours'] * 1e3:>9.2f} {t['grouped_mm'] * 1e3:>14.2f} {t['grouped_mm'] / t['ours']:>5.2f}x "
+              f"{t['eager'] * 1e3:>9.2f} {t['eager'] / t['ours']:>5.2f}x")
 
 
 if __name__ == "__main__":

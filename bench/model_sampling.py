@@ -4,7 +4,7 @@ Batch 32 prompts of 16 tokens, 256 new tokens each, temperature 1, no stop token
 every engine produces exactly 32 x 256 tokens. vLLM 0.32 has no MiniMax-Text-01, so its
 figure is for a dense Qwen2 of the same hidden size and depth whose FFN width (1024)
 equals our two active experts (2 x 512): same per-token work, minus the router.
-CPU, FP32, 2 threads. `--quick`: batch 8, 32 new tokens, no vLLM (a smoke run).
+CPU, FP32, 2 threads (`--threads`). `--quick`: batch 8, 32 new tokens, no vLLM (a smoke run).
 """
 
 from __future__ import annotations
@@ -15,32 +15,27 @@ import tempfile
 import time
 
 import torch
-from model_common import keep_large_allocations, twin_models
+from model_common import interleaved_best, keep_large_allocations, twin_models
 
 import cispo.model as cm
 from cispo.types import SamplingParams
 
 
-def ours_tokens_per_s(model: cm.LightningMoELM, prompts: list[list[int]], new: int) -> float:
-    sampler = cm.Sampler(model, max_batch=len(prompts))
-    start = time.perf_counter()
-    out = sampler.generate(prompts, SamplingParams(temperature=1.0, max_tokens=new, seed=0))
-    elapsed = time.perf_counter() - start
+def ours_generate(model: cm.LightningMoELM, prompts: list[list[int]], new: int) -> None:
+    out = cm.Sampler(model, max_batch=len(prompts)).generate(
+        prompts, SamplingParams(temperature=1.0, max_tokens=new, seed=0)
+    )
     assert all(len(c.token_ids) == new for group in out for c in group)
-    return len(prompts) * new / elapsed
 
 
-def hf_tokens_per_s(model, prompts: list[list[int]], new: int) -> float:
+def hf_generate(model, prompts: list[list[int]], new: int) -> None:
     ids = torch.tensor(prompts)
-    start = time.perf_counter()
     with torch.no_grad():
         out = model.generate(
             ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
             max_new_tokens=new, min_new_tokens=new, pad_token_id=0,
         )
-    elapsed = time.perf_counter() - start
     assert out.shape == (len(prompts), ids.shape[1] + new)
-    return len(prompts) * new / elapsed
 
 
 def vllm_tokens_per_s(prompts: list[list[int]], new: int) -> float:
@@ -79,16 +74,20 @@ def vllm_tokens_per_s(prompts: list[list[int]], new: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="batch 8, 32 new tokens, no vLLM")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (the figures use 2)")
     args = parser.parse_args()
     keep_large_allocations()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     batch, new = (8, 32) if args.quick else (32, 256)
     g = torch.Generator().manual_seed(0)
     prompts = torch.randint(3, 512, (batch, 16), generator=g).tolist()
     hf, ours = twin_models()
 
-    ours_rate = ours_tokens_per_s(ours, prompts, new)
-    hf_rate = hf_tokens_per_s(hf, prompts, new)
+    t = interleaved_best(
+        {"ours": lambda: ours_generate(ours, prompts, new), "hf": lambda: hf_generate(hf, prompts, new)},
+        rounds=1,  # each full run takes a minute or more; one round keeps the bench under ~5 minutes
+    )
+    ours_rate, hf_rate = batch * new / t["ours"], batch * new / t["hf"]
     print(f"batch {batch}, {new} new tokens, tokens/s:")
     print(f"  ours (built-in sampler)     {ours_rate:8.0f}")
     print(f"  transformers generate       {hf_rate:8.0f}   ours/hf   = {ours_rate / hf_rate:.2f}x")

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 LAYER_TYPES = ("linear_attention", "full_attention")
+# transformers MiniMax options this model does not implement, with the only value it accepts.
+UNSUPPORTED = {"hidden_act": "silu", "sliding_window": None, "router_jitter_noise": 0.0, "attention_dropout": 0.0}
 
 
 @dataclass
@@ -122,6 +124,9 @@ class ModelConfig:
         """
         if raw.get("model_type", "minimax") != "minimax":
             raise ValueError(f"config.json: model_type {raw.get('model_type')!r}, expected 'minimax'")
+        for key, accepted in UNSUPPORTED.items():
+            if raw.get(key, accepted) != accepted:
+                raise ValueError(f"config.json: {key}={raw[key]!r} is not supported by cispo.model (only {accepted!r})")
         raw = dict(raw)
         if raw.get("layer_types") is None and "attn_type_list" in raw:
             raw["layer_types"] = [LAYER_TYPES[int(t)] for t in raw["attn_type_list"]]

@@ -78,3 +78,5 @@ def test_config_round_trip_and_errors(tmp_path):
         cm.ModelConfig(num_hidden_layers=3, layer_types=["full_attention"] * 2)
     with pytest.raises(ValueError, match="not divisible"):
         cm.ModelConfig(num_attention_heads=6, num_key_value_heads=4)
+    with pytest.raises(ValueError, match="sliding_window=128 is not supported"):
+        cm.ModelConfig.from_dict(hf_config(sliding_window=128).to_dict())
