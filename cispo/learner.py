@@ -167,10 +167,15 @@ class Learner:
         """DeepSpeed state (weights, optimizer, step) for resume; every rank writes its part."""
         self.engine.save_checkpoint(directory, tag=tag)
 
-    def load_checkpoint(self, directory: str, tag: str) -> None:
+    def load_checkpoint(self, directory: str, tag: str) -> int:
+        """Restore weights and optimizer state; returns the optimizer steps taken so far."""
         path, _ = self.engine.load_checkpoint(directory, tag=tag)
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint {tag!r} under {directory}")
+        return self.engine.global_steps
+
+    def optimizer_steps(self) -> int:
+        return self.engine.global_steps
 
     def shutdown(self) -> None:
         import torch.distributed as dist

@@ -87,8 +87,11 @@ class LearnerGroup:
     def save_checkpoint(self, directory: str, tag: str) -> None:
         ray.get([r.save_checkpoint.remote(directory, tag) for r in self.ranks])
 
-    def load_checkpoint(self, directory: str, tag: str) -> None:
-        ray.get([r.load_checkpoint.remote(directory, tag) for r in self.ranks])
+    def load_checkpoint(self, directory: str, tag: str) -> int:
+        return ray.get([r.load_checkpoint.remote(directory, tag) for r in self.ranks])[0]
+
+    def optimizer_steps(self) -> int:
+        return ray.get(self.ranks[0].optimizer_steps.remote())
 
     def shutdown(self) -> None:
         try:

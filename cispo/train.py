@@ -35,6 +35,7 @@ def train(cfg: Config) -> dict[str, float]:
             tracker.log_static(job.warm_up())
         for step in range(job.state.step, tc.steps):
             t0 = time.perf_counter()
+            prompt_start = job.state.next_prompt
             rollouts = collect(cfg, job.next_rows, job.rollout, job.rewards, job.tokenizer)
             batch = make_batch(rollouts.samples, job.tokenizer.pad_token_id)
             t1 = time.perf_counter()
@@ -45,7 +46,9 @@ def train(cfg: Config) -> dict[str, float]:
             step_s = time.perf_counter() - t0
             metrics = {**rollout_metrics(rollouts), **learner_metrics(learned),
                        "perf/learner_s": t2 - t1, "perf/push_s": push_s, "perf/step_s": step_s,
-                       "perf/samples_per_s": len(rollouts.samples) / step_s, "policy/version": job.state.version}
+                       "perf/samples_per_s": len(rollouts.samples) / step_s, "policy/version": job.state.version,
+                       # The prompts [start, end) of the task's stream this step consumed: resume is exact.
+                       "data/prompt_start": prompt_start, "data/prompt_end": job.state.next_prompt}
             if tc.eval_every and job.state.step % tc.eval_every == 0:
                 metrics.update(job.evaluate())
             tracker.log(job.state.step, metrics)
@@ -68,6 +71,7 @@ def train(cfg: Config) -> dict[str, float]:
         print(f"checkpoint: {checkpoint / 'hf'}")
         print(f"eval greedy reward: {final_eval['eval/greedy_reward']:.3f}")
         print(format_summary(summary), flush=True)
-        return {**summary, **final_eval}
+        return {**summary, **final_eval, "optimizer_steps": job.learner.optimizer_steps(),
+                "checkpoint": str(checkpoint / "hf"), "wandb": tracker.location}
     finally:
         job.shutdown()
