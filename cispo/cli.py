@@ -20,9 +20,15 @@ def _main(dict_cfg: DictConfig) -> None:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         sys.exit(2)
-    from cispo.train import train  # after validation: a bad config fails before Ray starts
+    # Imported after validation: a bad config fails before Ray starts.
+    if cfg.trainer.max_staleness > 0:
+        from cispo.train_async import train_async
 
-    train(cfg)
+        train_async(cfg)
+    else:
+        from cispo.train import train
+
+        train(cfg)
 
 
 def main() -> None:

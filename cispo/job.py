@@ -29,11 +29,12 @@ from cispo.types import SamplingParams
 def connect_ray(cfg: Config) -> None:
     if ray.is_initialized():
         return
-    # Actors inherit the driver's environment: W&B and DeepSpeed settings travel with them.
-    runtime_env = {"env_vars": {k: v for k, v in os.environ.items() if k.startswith(("WANDB_", "DS_", "VLLM_"))}}
     if cfg.ray.address:
-        ray.init(address=cfg.ray.address, runtime_env=runtime_env, log_to_driver=False)
+        # On a cluster the job's own runtime_env (`ray job submit --runtime-env-json`) governs.
+        ray.init(address=cfg.ray.address, log_to_driver=False)
     else:
+        # A local Ray's actors get the driver's W&B, DeepSpeed and vLLM settings.
+        runtime_env = {"env_vars": {k: v for k, v in os.environ.items() if k.startswith(("WANDB_", "DS_", "VLLM_"))}}
         ray.init(num_cpus=cfg.ray.num_cpus or max(os.cpu_count() or 1, math.ceil(cpus_needed(cfg))),
                  runtime_env=runtime_env, log_to_driver=False, include_dashboard=False)
 
@@ -73,7 +74,7 @@ class Job:
         kwargs = ({"dtype": r.dtype, "max_model_len": cfg.model.max_position_embeddings, "kv_cache_gib": r.kv_cache_gib}
                   if r.engine == "vllm" else {})
         self.rollout = RolloutGroup(
-            EngineSpec(r.engine, str(policy_dir), r.num_cpus_per_worker, r.num_gpus_per_worker, kwargs),
+            EngineSpec(r.engine, str(policy_dir), r.num_cpus_per_worker, r.num_gpus_per_worker, kwargs, cfg.trainer.seed),
             r.num_workers, r.generate_timeout_s, r.weight_push_timeout_s)
         rw = cfg.reward
         self.rewards = RewardPool(rw.fn, rw.timeout_s, rw.max_error_fraction, rw.num_workers, rw.batched)

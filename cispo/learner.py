@@ -52,7 +52,6 @@ class Learner:
         deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
         self.rank, self.world_size = rank, world_size
         self.cfg, self.algo, self.temperature = learner_cfg, algo_cfg, temperature
-        torch.manual_seed(0)
         model = load_policy(model_dir, model_cfg)
         if learner_cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()

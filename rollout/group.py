@@ -33,6 +33,7 @@ class EngineSpec:
     num_cpus: float
     num_gpus: float
     kwargs: dict[str, Any]
+    seed: int = 0  # engine i samples with seed + i
 
 
 def _engine_class(engine: str):
@@ -50,7 +51,7 @@ class RolloutGroup:
                  start_timeout_s: float = 600.0):
         self.spec, self.generate_timeout_s, self.push_timeout_s = spec, generate_timeout_s, push_timeout_s
         self._actor = ray.remote(num_cpus=spec.num_cpus, num_gpus=spec.num_gpus)(_engine_class(spec.engine))
-        self.workers = [self._start(seed=i) for i in range(num_workers)]
+        self.workers = [self._start(seed=spec.seed + i) for i in range(num_workers)]
         ray.get([w.policy_version.remote() for w in self.workers], timeout=start_timeout_s)
 
     def _start(self, seed: int):

@@ -1,0 +1,64 @@
+"""`ray job submit` of a training job to a running Ray head, as the README shows it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+RAY = str(Path(sys.executable).with_name("ray"))
+CISPO_TRAIN = str(Path(sys.executable).with_name("cispo-train"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    """A separate Ray head (its own ports and temp dir), stopped afterwards."""
+    port, dashboard = free_port(), free_port()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    temp_dir = Path("/tmp") / f"ray-head-{port}"  # Ray's socket paths must stay short
+    subprocess.run([RAY, "start", "--head", f"--port={port}", f"--dashboard-port={dashboard}",
+                    "--dashboard-host=127.0.0.1", "--num-cpus=4", f"--temp-dir={temp_dir}",
+                    "--include-dashboard=true"], check=True, env=env, capture_output=True, timeout=180)
+    try:
+        yield f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}"
+    finally:
+        subprocess.run([RAY, "stop", "--force"], env={**env, "RAY_ADDRESS": f"127.0.0.1:{port}"},
+                       capture_output=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_submitted_job_succeeds(ray_head, tmp_path):
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    # Ray >= 2.59 turns on token authentication for local clusters and keeps the token in
+    # ~/.ray/auth_token; `ray job submit` on this machine finds it there, the SDK client is handed it.
+    token = (Path.home() / ".ray" / "auth_token").read_text().strip()
+    gcs_address, dashboard_url = ray_head
+    client = JobSubmissionClient(dashboard_url, headers={"Authorization": f"Bearer {token}"})
+    out = tmp_path / "submitted"
+    job_id = client.submit_job(
+        entrypoint=f"{CISPO_TRAIN} ray.address=auto trainer.steps=2 trainer.sft_steps=2 trainer.save_every=0 "
+                   f"rollout.prompts_per_step=4 algo.group_size=4 task.eval_size=8 logger.progress_bar=false "
+                   f"trainer.output_dir={out}",
+        runtime_env={"env_vars": {"WANDB_MODE": "offline"}},
+    )
+    deadline = time.monotonic() + 600
+    status = client.get_job_status(job_id)
+    while status not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED} and time.monotonic() < deadline:
+        time.sleep(2)
+        status = client.get_job_status(job_id)
+    logs = client.get_job_logs(job_id)
+    assert status == JobStatus.SUCCEEDED, logs[-3000:]
+    assert "summary: steps=2 " in logs
+    assert (out / "checkpoints" / "step_000002" / "hf" / "config.json").exists()
