@@ -118,6 +118,8 @@ class TaskConfig:
     seed: int = 1234
     # Held-out prompts for evaluation (drawn from a disjoint seed).
     eval_size: int = 64
+    # SWE tasks: where swe_synthetic writes (and reuses) its generated task set; relative to the cwd.
+    data_dir: str = "outputs/swe_synthetic_tasks"
 
 @dataclass
 class RewardConfig:

@@ -10,4 +10,8 @@ def make_task(cfg: TaskConfig):
         from cispo.envs.addition import AdditionTask
 
         return AdditionTask(cfg.min_digits, cfg.max_digits, cfg.seed, cfg.eval_size)
-    raise ValueError(f"task.name={cfg.name!r} is unknown; known: addition")
+    if cfg.name == "swe_synthetic":
+        from cispo.envs.swe_task import SweTask
+
+        return SweTask.synthetic(cfg.data_dir)
+    raise ValueError(f"task.name={cfg.name!r} is unknown; known: addition, swe_synthetic")

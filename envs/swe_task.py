@@ -1,0 +1,99 @@
+"""SWE tasks as an RL task (`task=swe_synthetic`): issue in, diff out, tests in Docker decide.
+
+`SweTask` serves the rows of a SWE-bench-shaped tasks.jsonl to the job through the
+same interface as `AdditionTask`: `row(i)`, `eval_rows()`, `reference_pair(i)` and
+`build_tokenizer()`. The prompt is `render_patch_prompt(task)`; the metadata is the
+task row plus `task_dir`, which is what `cispo.envs.swe:patch_reward` needs to find
+the repository and grade the answer.
+
+The synthetic set is generated at run time (nothing is downloaded): `generate` is
+deterministic (fixed git identity and dates), so each version of the set is written
+once into `<directory>/<hash of its tasks.jsonl>/` and reused; a job never rewrites
+a bundle that another job's reward workers may be reading.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerFast
+
+from cispo.envs.addition import TaskRow
+from cispo.envs.swe import render_patch_prompt
+from cispo.envs.swe_synthetic import generate
+from cispo.envs.tasks import load_tasks
+
+SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>"]
+
+
+class SweTask:
+    """The tasks of one tasks.jsonl, cycled in file order for training and served once for eval."""
+
+    def __init__(self, tasks_path: str | Path, name: str = "swe"):
+        self.name = name
+        self.tasks_path = Path(tasks_path).resolve()
+        tasks = load_tasks(self.tasks_path)  # validates every row, naming file, line and field
+        raw = [json.loads(line) for line in self.tasks_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        task_dir = str(self.tasks_path.parent)
+        self._rows = [TaskRow(prompt=render_patch_prompt(t), metadata={**r, "task_dir": task_dir})
+                      for t, r in zip(tasks, raw)]
+        self._gold = [t.patch for t in tasks]
+
+    @classmethod
+    def synthetic(cls, directory: str | Path) -> "SweTask":
+        """The shipped synthetic set, generated under `directory` unless that version is already there."""
+        root = Path(directory).expanduser().resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".generating-", dir=root))
+        try:
+            digest = hashlib.sha256(generate(tmp).read_bytes()).hexdigest()[:12]
+            final = root / digest
+            if not (final / "tasks.jsonl").exists():
+                try:
+                    os.rename(tmp, final)  # atomic: a concurrent job sees all of it or none
+                except OSError:
+                    if not (final / "tasks.jsonl").exists():
+                        raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return cls(final / "tasks.jsonl", name="swe_synthetic")
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def row(self, index: int) -> TaskRow:
+        """Training prompt number `index`: the tasks in file order, over and over."""
+        return self._rows[index % len(self._rows)]
+
+    def eval_rows(self) -> list[TaskRow]:
+        """Every task once. The synthetic set has no held-out split: eval is greedy pass@1 on it."""
+        return list(self._rows)
+
+    def reference_pair(self, index: int) -> tuple[str, str]:
+        """(prompt, gold patch in the ```diff block `patch_reward` parses), for the supervised warm-up."""
+        i = index % len(self._rows)
+        return self._rows[i].prompt, f"```diff\n{self._gold[i]}```"
+
+    @staticmethod
+    def build_tokenizer() -> PreTrainedTokenizerFast:
+        """One token per byte (256 + `<pad>`, `<bos>`, `<eos>`), so any code or diff round-trips
+        exactly; `<bos>` is prepended to every encoded text."""
+        alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())  # the 256 printable stand-ins for bytes
+        vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + alphabet)}
+        # BPE without merges over the byte alphabet: every byte is its own token, nothing is unknown.
+        tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        tok.decoder = decoders.ByteLevel()
+        tok.post_processor = processors.TemplateProcessing(
+            single="<bos> $A", special_tokens=[("<bos>", vocab["<bos>"])]
+        )
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+            clean_up_tokenization_spaces=False,  # spaces before punctuation are code, not noise
+        )

@@ -1,0 +1,84 @@
+"""Every shipped config composes against the schema and validates; the CLI's config contract."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+import cispo.cli  # noqa: F401  (registers `config_schema` in Hydra's ConfigStore)
+from cispo.config import Config, validate
+
+CONF = Path(str(resources.files("cispo.conf")))  # conf/ wherever the package is installed
+CISPO_TRAIN = Path(sys.executable).parent / "cispo-train"
+# Groups chosen in config.yaml's defaults are swapped with `group=option`; the others
+# (experiment/) are added with `+group=option`.
+ADDED_GROUPS = {"experiment"}
+
+
+def group_options() -> list[tuple[str, str]]:
+    return [(d.name, f.stem) for d in sorted(CONF.iterdir()) if d.is_dir() and not d.name.startswith("_")
+            for f in sorted(d.glob("*.yaml"))]
+
+
+def load(overrides: list[str]) -> Config:
+    with initialize_config_module(config_module="cispo.conf", version_base="1.3"):
+        return validate(OmegaConf.to_object(compose(config_name="config", overrides=overrides)))
+
+
+def test_every_group_directory_has_options():
+    groups = {g for g, _ in group_options()}
+    assert {"model", "rollout", "learner", "algo", "task", "reward", "logger", "trainer", "experiment"} <= groups
+
+
+def test_default_config_composes_and_validates():
+    cfg = load([])
+    assert isinstance(cfg, Config)
+    assert cfg.task.name == "addition" and cfg.reward.fn == "cispo.reward.builtin:addition_reward"
+
+
+@pytest.mark.parametrize("group,option", group_options())
+def test_group_option_composes_and_validates(group, option):
+    prefix = "+" if group in ADDED_GROUPS else ""
+    cfg = load([f"{prefix}{group}={option}"])
+    assert isinstance(cfg, Config)
+
+
+def test_swe_experiment_pairs_the_task_with_its_reward_and_enough_positions():
+    cfg = load(["+experiment=swe_synthetic"])
+    assert cfg.task.name == "swe_synthetic" and cfg.reward.fn == "cispo.envs.swe:patch_reward"
+    # ~500 byte tokens of prompt plus the response must fit the policy and vLLM's max_model_len.
+    assert cfg.model.max_position_embeddings >= 1024 + cfg.rollout.max_new_tokens
+
+
+def run_cli(*args: str) -> tuple[subprocess.CompletedProcess, float]:
+    start = time.monotonic()
+    res = subprocess.run([str(CISPO_TRAIN), *args], capture_output=True, text=True, timeout=120)
+    return res, time.monotonic() - start
+
+
+def test_cli_prints_the_resolved_config():
+    res, _ = run_cli("--cfg", "job", "task=swe_synthetic", "trainer.steps=7")
+    assert res.returncode == 0, res.stderr
+    printed = yaml.safe_load(res.stdout)
+    assert printed["task"]["name"] == "swe_synthetic" and printed["trainer"]["steps"] == 7
+    assert set(printed) == {"model", "rollout", "learner", "algo", "task", "reward", "logger", "trainer", "ray"}
+
+
+@pytest.mark.parametrize("override,named", [
+    ("algo.eps_high_is=abc", "algo.eps_high_is"),  # wrong type
+    ("algo.nope=1", "algo.nope"),  # unknown key
+    ("model.num_heads=8", "head_dim"),  # a rule across fields, checked by validate
+])
+def test_cli_rejects_a_bad_config_fast_naming_the_key(override, named):
+    res, seconds = run_cli(override)
+    assert res.returncode != 0
+    assert named in res.stderr, res.stderr
+    assert seconds < 30, f"{seconds:.1f} s: a bad config must fail before anything starts"
