@@ -72,7 +72,7 @@ class Job:
             self.learner.load_checkpoint(str(deepspeed_dir(self.out)), tag(self.state.step))
         r = cfg.rollout
         kwargs = ({"dtype": r.dtype, "max_model_len": cfg.model.max_position_embeddings, "kv_cache_gib": r.kv_cache_gib}
-                  if r.engine == "vllm" else {})
+                  if r.engine == "vllm" else {"num_threads": max(1, int(r.num_cpus_per_worker))})
         self.rollout = RolloutGroup(
             EngineSpec(r.engine, str(policy_dir), r.num_cpus_per_worker, r.num_gpus_per_worker, kwargs, cfg.trainer.seed),
             r.num_workers, r.generate_timeout_s, r.weight_push_timeout_s)

@@ -15,10 +15,13 @@ from typing import Iterator
 
 import torch
 
+import torch.nn.functional as F
+
 from cispo.batch import TrainBatch
 from cispo.config import AlgoConfig, LearnerConfig, ModelConfig
 from cispo.diagnostics import mismatch_sums
 from cispo.losses import compute_policy_loss, entropy_from_logits
+from cispo.policy import save_hf_checkpoint
 
 
 def _ds_config(cfg: LearnerConfig, use_gpu: bool) -> dict:
@@ -53,6 +56,8 @@ class Learner:
         self.rank, self.world_size = rank, world_size
         self.cfg, self.algo, self.temperature = learner_cfg, algo_cfg, temperature
         model = load_policy(model_dir, model_cfg)
+        self.packed = model_cfg.arch == "minimax"  # our hybrid model trains on packed streams
+        self.aux_loss_coef = getattr(getattr(model, "config", None), "router_aux_loss_coef", 0.0)
         if learner_cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         optimizer = torch.optim.AdamW(model.parameters(), lr=learner_cfg.lr, weight_decay=learner_cfg.weight_decay,
@@ -66,9 +71,20 @@ class Learner:
         """(B, L-1, V) FP32 logits of every target token, divided by the sampling temperature.
 
         Through the engine's forward, never the bare module: ZeRO-3 gathers weights and
-        counts micro-steps there (skipping it silently drops accumulated gradients)."""
-        out = self.engine(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-        return out.logits[:, :-1].float() / self.temperature  # the sampler's log-probs are of the tempered policy
+        counts micro-steps there (skipping it silently drops accumulated gradients).
+        The hybrid model runs the rows packed into one stream (no padding; the
+        lightning state resets at each row's start) and its router aux loss is kept
+        for the step's loss."""
+        if not self.packed:
+            out = self.engine(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+            return out.logits[:, :-1].float() / self.temperature  # the sampler's log-probs are of the tempered policy
+        real = batch.attention_mask.bool()  # (B, L)
+        cu_seqlens = F.pad(real.sum(-1).cumsum(0), (1, 0)).to(torch.int32)  # (B+1,)
+        out = self.engine(batch.input_ids[real][None], cu_seqlens=cu_seqlens)  # flat (1, total)
+        self._aux_loss = out.aux_loss
+        logits = out.logits[0].new_zeros(*batch.input_ids.shape, out.logits.shape[-1])  # (B, L, V)
+        logits[real] = out.logits[0]
+        return logits[:, :-1].float() / self.temperature
 
     @staticmethod
     def _target_logp(logits: torch.Tensor, batch: TrainBatch) -> torch.Tensor:
@@ -98,6 +114,8 @@ class Learner:
                 # DeepSpeed averages gradients over ranks: dividing by normalizer / world_size makes
                 # the averaged gradient that of the whole batch's loss.
                 normalizer=normalizer / self.world_size, **loss_params)
+            if self.packed:  # MoE load balancing, averaged over the step's micro-batches
+                loss = loss + self.aux_loss_coef * self._aux_loss / n_micro
             self.engine.backward(loss, scale_wrt_gas=False)
             self.engine.step()
             with torch.no_grad():
@@ -138,9 +156,10 @@ class Learner:
 
     # ------------------------------------------------------------------ weights and checkpoints
 
-    def named_weights(self) -> dict[str, torch.Tensor] | None:
-        """Full weights by HF name on rank 0 (None elsewhere). Every rank must call it (ZeRO-3 gathers)."""
-        return dict(self._iter_full_weights()) if self.rank == 0 else self._drain()
+    def named_weights(self) -> list[tuple[str, torch.Tensor]] | None:
+        """Full weights as (HF name, tensor) pairs on rank 0 (None elsewhere), the form every
+        rollout engine's update_weights takes. Every rank must call it (ZeRO-3 gathers)."""
+        return list(self._iter_full_weights()) if self.rank == 0 else self._drain()
 
     def _drain(self) -> None:
         for _ in self._iter_full_weights():
@@ -160,7 +179,7 @@ class Learner:
         """An HF-format checkpoint (rank 0 writes; every rank must call for ZeRO-3)."""
         weights = self.named_weights()
         if self.rank == 0:
-            self.engine.module.save_pretrained(directory, state_dict=weights)
+            save_hf_checkpoint(self.engine.module, dict(weights), directory)
 
     def save_checkpoint(self, directory: str, tag: str) -> None:
         """DeepSpeed state (weights, optimizer, step) for resume; every rank writes its part."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase, Qwen2Config
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase, Qwen2Config
 
 from cispo.config import ModelConfig
 
@@ -24,9 +24,19 @@ def create_policy(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, director
             tie_word_embeddings=True, torch_dtype="float32", **special)
         model = AutoModelForCausalLM.from_config(hf_cfg, torch_dtype=torch.float32)
     else:
-        from cispo.model import create_model
+        from cispo.model import LightningMoELM
+        from cispo.model import ModelConfig as HybridConfig
 
-        model = create_model(cfg, vocab_size=len(tokenizer), **special)
+        # One softmax-attention layer after every (softmax_every - 1) lightning layers (M1: every 8th).
+        layer_types = ["full_attention" if (i + 1) % cfg.softmax_every == 0 else "linear_attention"
+                       for i in range(cfg.num_layers)]
+        model = LightningMoELM(HybridConfig(
+            vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+            num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+            num_key_value_heads=cfg.num_kv_heads, head_dim=cfg.hidden_size // cfg.num_heads,
+            layer_types=layer_types, num_local_experts=cfg.num_experts, num_experts_per_tok=cfg.experts_per_token,
+            max_position_embeddings=cfg.max_position_embeddings, tie_word_embeddings=True,
+            lm_head_fp32=cfg.fp32_lm_head, **special))
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
@@ -39,3 +49,15 @@ def load_policy(directory: str | Path, cfg: ModelConfig) -> torch.nn.Module:
 
         return from_pretrained(str(directory))
     return AutoModelForCausalLM.from_pretrained(str(directory), torch_dtype=torch.float32)
+
+
+def save_hf_checkpoint(module: torch.nn.Module, weights: dict[str, torch.Tensor], directory: str | Path) -> None:
+    """Write `weights` (full, gathered) in the HF format of `module`'s architecture."""
+    if isinstance(module, PreTrainedModel):
+        module.save_pretrained(str(directory), state_dict=weights)
+        return
+    from cispo.model import LightningMoELM
+
+    copy = LightningMoELM(module.config)  # ours saves its own parameters: load the gathered ones first
+    copy.load_state_dict(weights)
+    copy.save_pretrained(str(directory))

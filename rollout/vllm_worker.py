@@ -59,9 +59,8 @@ class VLLMWorker:
             ids, logprobs, finish = ids[:cut], logprobs[:cut], "repetition"
         return Completion(token_ids=ids, logprobs=logprobs, finish_reason=finish, policy_version=self.version)
 
-    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]] | dict, version: int) -> None:
-        items = list(named_tensors.items()) if isinstance(named_tensors, dict) else list(named_tensors)
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": items})
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(named_tensors)})
         self.llm.reset_prefix_cache()  # cached KV of old weights must not be reused
         self.version = version
 

@@ -71,3 +71,19 @@ def test_resume_continues_step_optimizer_and_data_position(ray_session, job_conf
     ranges = [(m["data/prompt_start"], m["data/prompt_end"]) for m in steps]
     per_step = cfg.rollout.prompts_per_step
     assert ranges == [(i * per_step, (i + 1) * per_step) for i in range(4)]  # none twice, none skipped
+
+
+@pytest.mark.slow
+def test_hybrid_model_job_trains_with_builtin_sampler(ray_session, job_config):
+    """The lightning-attention MoE in the DeepSpeed learner (packed streams) and its own sampler."""
+    from transformers import MiniMaxForCausalLM
+
+    cfg = job_config(model__arch="minimax", model__num_layers=4, model__softmax_every=4,
+                     model__intermediate_size=256, rollout__engine="builtin", learner__zero_stage=3)
+    result = train(cfg)
+    steps = [m for m in read_metrics(cfg.trainer.output_dir) if "reward/mean" in m]
+    assert [m["step"] for m in steps] == [1, 2]
+    # Sampler and learner compute the same probabilities (decode path vs packed training path).
+    assert steps[0]["learner/prob_corr"] > 0.999
+    reference = MiniMaxForCausalLM.from_pretrained(result["checkpoint"])
+    assert reference.config.layer_types == ["linear_attention"] * 3 + ["full_attention"]

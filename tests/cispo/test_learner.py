@@ -39,7 +39,7 @@ def step_weights(cfg: Config, policy_dir: str, batch) -> tuple[dict, dict]:
     group = LearnerGroup(cfg, policy_dir)
     try:
         metrics = group.train_step(batch, loss_params(cfg))
-        return ray.get(group.weights_ref()), metrics
+        return dict(ray.get(group.weights_ref())), metrics
     finally:
         group.shutdown()
 

@@ -71,7 +71,7 @@ def test_push_makes_engine_greedy_equal_learner_greedy(stack):
     engines.push_weights(weights_ref, version=7)
 
     after = [c[0].token_ids for c in engines.generate(prompts, greedy)]
-    expected = hf_greedy(ray.get(weights_ref), engines.spec.model_dir, prompts, max_tokens=6)
+    expected = hf_greedy(dict(ray.get(weights_ref)), engines.spec.model_dir, prompts, max_tokens=6)
     assert after == expected
     assert after != before
     assert ray.get(engines.workers[0].policy_version.remote()) == 7
