@@ -1,4 +1,4 @@
-"""The per-step metrics, with stable namespaced names (rollout/, reward/, learner/, perf/)."""
+"""The per-step metrics, with stable namespaced names (rollout/, reward/, learner/, env/, perf/)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,10 @@ def rollout_metrics(r: Rollouts) -> dict[str, float]:
     }
     for reason in ("stop", "length", "repetition", "env_error"):
         out[f"rollout/finish_{reason}_frac"] = sum(s.finish_reason == reason for s in samples) / max(len(samples), 1)
+    # Environments that grade (the SWE reward's resolved/unresolved/patch_failed/timeout/infra_error) report a status.
+    statuses = [s.reward_details.get("status") for s in samples]
+    for name in sorted({st for st in statuses if isinstance(st, str)}):
+        out[f"env/status_{name}_frac"] = statuses.count(name) / len(samples)
     advantages = [s.advantage for s in samples]
     out["learner/advantage_mean"] = statistics.fmean(advantages) if advantages else 0.0
     out["learner/advantage_abs_mean"] = statistics.fmean(abs(a) for a in advantages) if advantages else 0.0

@@ -21,6 +21,8 @@ CISPO_TRAIN = Path(sys.executable).parent / "cispo-train"
 # Groups chosen in config.yaml's defaults are swapped with `group=option`; the others
 # (experiment/) are added with `+group=option`.
 ADDED_GROUPS = {"experiment"}
+# Options that are only valid together with another choice (the rule validate applies).
+COMPANIONS = {("model", "minimax_tiny"): ["rollout=builtin"]}  # vLLM has no MiniMax model class
 
 
 def group_options() -> list[tuple[str, str]]:
@@ -47,7 +49,7 @@ def test_default_config_composes_and_validates():
 @pytest.mark.parametrize("group,option", group_options())
 def test_group_option_composes_and_validates(group, option):
     prefix = "+" if group in ADDED_GROUPS else ""
-    cfg = load([f"{prefix}{group}={option}"])
+    cfg = load([f"{prefix}{group}={option}", *COMPANIONS.get((group, option), [])])
     assert isinstance(cfg, Config)
 
 
