@@ -109,7 +109,10 @@ def sweep_leftovers(client: docker.DockerClient | None = None) -> int:
             c.remove(force=True)
             removed += 1
         except docker.errors.NotFound:
-            pass
+            pass  # another process removed it first
+        except docker.errors.APIError as e:
+            if e.status_code != 409:  # 409: "removal already in progress" by another process
+                raise
     return removed
 
 

@@ -95,5 +95,9 @@ class RewardPool:
         return stats
 
     def shutdown(self) -> None:
-        for w in self.workers:
-            ray.kill(w)
+        """Stop the workers gracefully, so their exit hooks run (e.g. returning warm sandboxes)."""
+        refs = [w.__ray_terminate__.remote() for w in self.workers]
+        _, hung = ray.wait(refs, num_returns=len(refs), timeout=30)
+        for w, ref in zip(self.workers, refs):
+            if ref in hung:
+                ray.kill(w)
