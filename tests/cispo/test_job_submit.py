@@ -6,7 +6,10 @@ import os
 import socket
 import subprocess
 import sys
+import signal
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -22,19 +25,44 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def ray_head(tmp_path):
-    """A separate Ray head (its own ports and temp dir), stopped afterwards."""
+def ray_head():
+    """A separate Ray head (its own ports and temp dir), stopped afterwards.
+
+    Not `ray stop`: that kills every Ray process on the machine, including the
+    test session's own cluster (and with its raylet, the pytest process itself).
+    `ray start --block` in its own session is stopped by signalling its group, and
+    anything left that names this head's temp dir is killed after it."""
     port, dashboard = free_port(), free_port()
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     temp_dir = Path("/tmp") / f"ray-head-{port}"  # Ray's socket paths must stay short
-    subprocess.run([RAY, "start", "--head", f"--port={port}", f"--dashboard-port={dashboard}",
-                    "--dashboard-host=127.0.0.1", "--num-cpus=4", f"--temp-dir={temp_dir}",
-                    "--include-dashboard=true"], check=True, env=env, capture_output=True, timeout=180)
+    head = subprocess.Popen(
+        [RAY, "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dashboard}",
+         "--dashboard-host=127.0.0.1", "--num-cpus=4", f"--temp-dir={temp_dir}", "--include-dashboard=true"],
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{dashboard}"
     try:
-        yield f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}"
+        deadline = time.monotonic() + 180
+        while not _answers(f"{url}/api/version"):
+            assert head.poll() is None and time.monotonic() < deadline, "the Ray head did not start"
+            time.sleep(1)
+        yield url
     finally:
-        subprocess.run([RAY, "stop", "--force"], env={**env, "RAY_ADDRESS": f"127.0.0.1:{port}"},
-                       capture_output=True, timeout=120)
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        subprocess.run(["pkill", "-KILL", "-f", str(temp_dir)], check=False)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except urllib.error.HTTPError:
+        return True  # it answered (401 without the auth token)
+    except OSError:
+        return False
 
 
 @pytest.mark.slow
@@ -44,7 +72,7 @@ def test_submitted_job_succeeds(ray_head, tmp_path):
     # Ray >= 2.59 turns on token authentication for local clusters and keeps the token in
     # ~/.ray/auth_token; `ray job submit` on this machine finds it there, the SDK client is handed it.
     token = (Path.home() / ".ray" / "auth_token").read_text().strip()
-    gcs_address, dashboard_url = ray_head
+    dashboard_url = ray_head
     client = JobSubmissionClient(dashboard_url, headers={"Authorization": f"Bearer {token}"})
     out = tmp_path / "submitted"
     job_id = client.submit_job(
