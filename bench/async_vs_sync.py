@@ -1,0 +1,99 @@
+"""Asynchronous vs synchronous RL steps, side by side in one run: the same job and sample budget.
+
+Scoring is made as slow as generation (`bench/slow_reward.py`: a per-sample delay,
+two reward workers), the situation async rollouts are for. The same job runs with
+trainer.max_staleness 0 (the synchronous driver), 1 and 2; each prints samples/s
+(steps' wall time, start-up excluded), its generate/score/learner seconds per step,
+and reward against wall-clock. The last line is the ratio at staleness 1.
+
+    .venv/bin/python bench/async_vs_sync.py [--quick] [--steps N] [--reward-delay-ms D]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+from pathlib import Path
+
+import ray
+
+from cispo.config import Config, validate
+
+SLOW_REWARD = f"{Path(__file__).resolve().parent / 'slow_reward.py'}:delayed_addition_reward"
+
+
+def job_config(output_dir: str, steps: int, sft_steps: int, max_staleness: int) -> Config:
+    cfg = Config()
+    cfg.trainer.output_dir, cfg.trainer.steps, cfg.trainer.sft_steps = output_dir, steps, sft_steps
+    cfg.trainer.save_every, cfg.trainer.max_staleness = 0, max_staleness
+    cfg.rollout.max_new_tokens = 8  # as conf/rollout/vllm.yaml
+    cfg.reward.fn, cfg.reward.num_workers = SLOW_REWARD, 2
+    cfg.logger.mode, cfg.logger.progress_bar = "disabled", False
+    return validate(cfg)
+
+
+def run(output_dir: str, steps: int, sft_steps: int, max_staleness: int) -> dict:
+    cfg = job_config(output_dir, steps, sft_steps, max_staleness)
+    if max_staleness == 0:
+        from cispo.train import train as driver
+    else:
+        from cispo.train_async import train_async as driver
+    result = driver(cfg)
+    metrics = [json.loads(line) for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines()]
+    steps_m = [m for m in metrics if "reward/mean" in m]
+    wall, curve = 0.0, []
+    for m in steps_m:
+        wall += m["perf/step_s"]
+        curve.append((wall, m["reward/mean"]))
+    return {"result": result, "curve": curve, "wall": wall,
+            "samples": sum(m["rollout/groups"] for m in steps_m) * cfg.algo.group_size,
+            **{k: statistics.fmean(m[k] for m in steps_m[1:] or steps_m)
+               for k in ("perf/generate_s", "perf/reward_s", "perf/learner_s")}}
+
+
+def reward_at(curve: list[tuple[float, float]], fraction: float, window: int = 10) -> tuple[float, float]:
+    """(wall-clock, mean reward of the `window` steps ending there) at a fraction of the run."""
+    end = max(1, round(len(curve) * fraction))
+    rewards = [r for _, r in curve[max(0, end - window):end]]
+    return curve[end - 1][0], statistics.fmean(rewards)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="few steps (a smoke run, not the figures)")
+    parser.add_argument("--steps", type=int, default=None, help="RL steps per run (default 60, quick 8)")
+    parser.add_argument("--sft-steps", type=int, default=None, help="warm-up steps (default 40, quick 5)")
+    parser.add_argument("--reward-delay-ms", type=float, default=12.0,
+                        help="per-sample scoring delay; 16x8 samples over 2 workers ~ generation time here")
+    args = parser.parse_args()
+    steps = args.steps or (8 if args.quick else 60)
+    sft_steps = args.sft_steps if args.sft_steps is not None else (5 if args.quick else 40)
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"BENCH_REWARD_DELAY_S": str(args.reward_delay_ms / 1000)}})
+    runs = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for m in (0, 1, 2):
+                runs[m] = run(f"{tmp}/staleness{m}", steps, sft_steps, m)
+    finally:
+        ray.shutdown()
+
+    print(f"\n{steps} steps x {int(runs[0]['samples'] / steps)} samples, reward delay {args.reward_delay_ms:g} ms/sample"
+          " over 2 workers; per-step seconds are means (async: they overlap)")
+    print(f"{'staleness':>9} {'samples/s':>9} {'wall_s':>7} {'gen_s':>6} {'score_s':>7} {'learn_s':>7} "
+          f"{'t@50%':>6} {'rew@50%':>7} {'t@100%':>6} {'rew@100%':>8} {'eval':>5}")
+    for m, r in runs.items():
+        t50, r50 = reward_at(r["curve"], 0.5)
+        t100, r100 = reward_at(r["curve"], 1.0)
+        print(f"{m:>9} {r['samples'] / r['wall']:>9.1f} {r['wall']:>7.1f} {r['perf/generate_s']:>6.2f} "
+              f"{r['perf/reward_s']:>7.2f} {r['perf/learner_s']:>7.2f} {t50:>6.1f} {r50:>7.3f} {t100:>6.1f} "
+              f"{r100:>8.3f} {r['result']['eval/greedy_reward']:>5.3f}")
+    ratio = (runs[1]["samples"] / runs[1]["wall"]) / (runs[0]["samples"] / runs[0]["wall"])
+    print(f"speedup_staleness1_vs_sync={ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
