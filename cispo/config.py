@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from omegaconf import MISSING
 
 @dataclass
 class ModelConfig:
@@ -106,6 +105,9 @@ class AlgoConfig:
     dynamic_sampling: bool = False
     # Sampling rounds per step when dynamic sampling keeps dropping groups.
     dynamic_sampling_max_rounds: int = 3
+    # Warn (console + W&B alert) when the sampler's and the learner's token probabilities
+    # correlate less than this (M1 measured 0.987 with a bf16 LM head, 0.997 with FP32).
+    mismatch_alarm: float = 0.99
 
 @dataclass
 class TaskConfig:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import statistics
 import time
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from cispo.policy import create_policy
 from cispo.reward.pool import RewardPool
 from cispo.rollout.group import EngineSpec, RolloutGroup
 from cispo.tasks import make_task
-from cispo.tracking import Tracker
+from cispo.tracking import Tracker, format_summary
 from cispo.types import SamplingParams
 
 
@@ -80,6 +81,8 @@ class Job:
         self.rewards = RewardPool(rw.fn, rw.timeout_s, rw.max_error_fraction, rw.num_workers, rw.batched)
         self.tracker = Tracker(cfg, cfg.trainer.steps, self.state.step)
         self.resumed = resumed is not None
+        if self.resumed:  # the engines loaded the checkpoint's weights but count versions from 0
+            self.push_weights(self.state.version)
 
     def _clear_previous_run(self) -> None:
         """A fresh (non-resume) job in a used output_dir starts clean: no stale checkpoint or W&B run."""
@@ -136,6 +139,23 @@ class Job:
         write_state(directory, self.state)
         self.save_seconds = time.perf_counter() - t0
         return directory
+
+    def finish(self, final_eval: dict, checkpoint: Path, rewards_per_step: list[float],
+               samples: int, seconds: float) -> dict:
+        """Log the final evaluation, print where things are and the summary line; the run's key figures."""
+        self.tracker.log(self.state.step, final_eval, advance=False)
+        summary = {
+            "steps": self.state.step,
+            "reward_first10": round(statistics.fmean(rewards_per_step[:10]), 4) if rewards_per_step else float("nan"),
+            "reward_last10": round(statistics.fmean(rewards_per_step[-10:]), 4) if rewards_per_step else float("nan"),
+            "samples_per_s": round(samples / seconds, 2) if seconds else 0.0,
+        }
+        print(f"W&B run ({self.tracker.mode}): {self.tracker.location}")
+        print(f"checkpoint: {checkpoint / 'hf'}")
+        print(f"eval greedy reward: {final_eval['eval/greedy_reward']:.3f}")
+        print(format_summary(summary), flush=True)
+        return {**summary, **final_eval, "optimizer_steps": self.learner.optimizer_steps(),
+                "checkpoint": str(checkpoint / "hf"), "wandb": self.tracker.location}
 
     def shutdown(self) -> None:
         self.tracker.finish()

@@ -7,15 +7,14 @@ next generation before the learner step.
 
 from __future__ import annotations
 
-import statistics
 import time
 
 from cispo.batch import make_batch
 from cispo.collect import collect
 from cispo.config import Config
+from cispo.diagnostics import mismatch_alarm
 from cispo.job import Job
 from cispo.step_metrics import learner_metrics, rollout_metrics
-from cispo.tracking import format_summary
 
 
 def loss_params(cfg: Config) -> dict:
@@ -49,6 +48,12 @@ def train(cfg: Config) -> dict[str, float]:
                        "perf/samples_per_s": len(rollouts.samples) / step_s, "policy/version": job.state.version,
                        # The prompts [start, end) of the task's stream this step consumed: resume is exact.
                        "data/prompt_start": prompt_start, "data/prompt_end": job.state.next_prompt}
+            # Synchronous: both sides hold the same weights, so any gap is numerical.
+            alarm = mismatch_alarm({"prob_corr": metrics["learner/prob_corr"], "tokens": metrics["learner/tokens"],
+                                    "prob_abs_diff_mean": metrics["learner/prob_abs_diff"]},
+                                   min_corr=cfg.algo.mismatch_alarm)
+            if alarm:
+                tracker.alert("train/inference mismatch", alarm)
             if tc.eval_every and job.state.step % tc.eval_every == 0:
                 metrics.update(job.evaluate())
             tracker.log(job.state.step, metrics)
@@ -59,19 +64,6 @@ def train(cfg: Config) -> dict[str, float]:
             rewards_per_step.append(metrics["reward/mean"])
             samples_total, wall = samples_total + len(rollouts.samples), wall + step_s
         final_eval = job.evaluate()
-        tracker.log(job.state.step, final_eval, advance=False)
-        checkpoint = job.save()
-        summary = {
-            "steps": job.state.step,
-            "reward_first10": round(statistics.fmean(rewards_per_step[:10]), 4) if rewards_per_step else float("nan"),
-            "reward_last10": round(statistics.fmean(rewards_per_step[-10:]), 4) if rewards_per_step else float("nan"),
-            "samples_per_s": round(samples_total / wall, 2) if wall else 0.0,
-        }
-        print(f"W&B run ({tracker.mode}): {tracker.location}")
-        print(f"checkpoint: {checkpoint / 'hf'}")
-        print(f"eval greedy reward: {final_eval['eval/greedy_reward']:.3f}")
-        print(format_summary(summary), flush=True)
-        return {**summary, **final_eval, "optimizer_steps": job.learner.optimizer_steps(),
-                "checkpoint": str(checkpoint / "hf"), "wandb": tracker.location}
+        return job.finish(final_eval, job.save(), rewards_per_step, samples_total, wall)
     finally:
         job.shutdown()

@@ -35,7 +35,6 @@ from cispo.config import Config
 from cispo.job import Job
 from cispo.rollout_buffer import RolloutBuffer
 from cispo.step_metrics import learner_metrics, rollout_metrics
-from cispo.tracking import format_summary
 from cispo.train import loss_params
 
 PROMPTS_FILE = "async_prompts.json"  # in a checkpoint directory: consumed prompts above the watermark
@@ -53,8 +52,6 @@ def train_async(cfg: Config) -> dict[str, float]:
     try:
         if not job.resumed and tc.sft_steps > 0:
             tracker.log_static(job.warm_up())
-        if job.resumed:  # the engines loaded the checkpoint's weights but count versions from 0
-            job.push_weights(job.state.version)
         producer = RolloutProducer(cfg, job, buffer)
         for step in range(job.state.step, tc.steps):
             t0 = time.perf_counter()
@@ -99,20 +96,7 @@ def train_async(cfg: Config) -> dict[str, float]:
             samples_total, wall = samples_total + len(samples), wall + step_s
         producer.stop()
         final_eval = job.evaluate()
-        tracker.log(job.state.step, final_eval, advance=False)
-        checkpoint = save(job, buffer)
-        summary = {
-            "steps": job.state.step,
-            "reward_first10": round(statistics.fmean(rewards_per_step[:10]), 4) if rewards_per_step else float("nan"),
-            "reward_last10": round(statistics.fmean(rewards_per_step[-10:]), 4) if rewards_per_step else float("nan"),
-            "samples_per_s": round(samples_total / wall, 2) if wall else 0.0,
-        }
-        print(f"W&B run ({tracker.mode}): {tracker.location}")
-        print(f"checkpoint: {checkpoint / 'hf'}")
-        print(f"eval greedy reward: {final_eval['eval/greedy_reward']:.3f}")
-        print(format_summary(summary), flush=True)
-        return {**summary, **final_eval, "optimizer_steps": job.learner.optimizer_steps(),
-                "checkpoint": str(checkpoint / "hf"), "wandb": tracker.location}
+        return job.finish(final_eval, save(job, buffer), rewards_per_step, samples_total, wall)
     finally:
         if producer is not None:
             producer.stop()

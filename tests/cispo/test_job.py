@@ -21,9 +21,11 @@ def read_metrics(output_dir: str) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_short_job_leaves_wandb_files_and_a_loadable_checkpoint(ray_session, job_config):
-    cfg = job_config(trainer__steps=3, trainer__save_every=2)
+def test_short_job_leaves_wandb_files_and_a_loadable_checkpoint(ray_session, job_config, capsys):
+    # An impossible mismatch threshold: the alarm must fire (a correlation is at most 1).
+    cfg = job_config(trainer__steps=3, trainer__save_every=2, algo__mismatch_alarm=1.5)
     result = train(cfg)
+    assert "WARNING: train/inference mismatch: sampler/learner token-probability correlation" in capsys.readouterr().out
     out = Path(cfg.trainer.output_dir)
 
     assert result["steps"] == 3

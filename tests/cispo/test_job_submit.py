@@ -33,10 +33,15 @@ def ray_head():
     `ray start --block` in its own session is stopped by signalling its group, and
     anything left that names this head's temp dir is killed after it."""
     port, dashboard = free_port(), free_port()
+    # Every fixed default port gets a free one: the test session's own Ray already holds them.
+    own_ports = [f"--{name}={free_port()}" for name in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+        "runtime-env-agent-port", "ray-client-server-port")]
     temp_dir = Path("/tmp") / f"ray-head-{port}"  # Ray's socket paths must stay short
     head = subprocess.Popen(
         [RAY, "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dashboard}",
-         "--dashboard-host=127.0.0.1", "--num-cpus=4", f"--temp-dir={temp_dir}", "--include-dashboard=true"],
+         "--dashboard-host=127.0.0.1", "--num-cpus=4", f"--temp-dir={temp_dir}", "--include-dashboard=true",
+         *own_ports],
         env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}, start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{dashboard}"
@@ -53,6 +58,18 @@ def ray_head():
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
         subprocess.run(["pkill", "-KILL", "-f", str(temp_dir)], check=False)
+
+
+def submit_when_ready(client, deadline_s: float = 120, **job) -> str:
+    """Submit once the head's dashboard agent is up (it answers 500 "no available agent" before)."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            return client.submit_job(**job)
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(2)
 
 
 def _answers(url: str) -> bool:
@@ -75,7 +92,8 @@ def test_submitted_job_succeeds(ray_head, tmp_path):
     dashboard_url = ray_head
     client = JobSubmissionClient(dashboard_url, headers={"Authorization": f"Bearer {token}"})
     out = tmp_path / "submitted"
-    job_id = client.submit_job(
+    job_id = submit_when_ready(
+        client,
         entrypoint=f"{CISPO_TRAIN} ray.address=auto trainer.steps=2 trainer.sft_steps=2 trainer.save_every=0 "
                    f"rollout.prompts_per_step=4 algo.group_size=4 task.eval_size=8 logger.progress_bar=false "
                    f"trainer.output_dir={out}",

@@ -67,9 +67,9 @@ def test_one_and_two_ranks_take_the_same_step(ray_session, policy_dir, zero_stag
 
 
 @pytest.mark.slow
-def test_the_step_changes_weights_towards_positive_advantages(ray_session, policy_dir):
+def test_the_step_moves_log_probs_along_the_advantages(ray_session, policy_dir):
     cfg = Config()
-    cfg.learner.lr = 1e-3
+    cfg.learner.lr = 1e-4  # small: the first-order effect of the step dominates
     batch = make_batch(random_samples(8, vocab=15, seed=1), pad_id=0)
     group = LearnerGroup(cfg, policy_dir)
     try:
@@ -79,5 +79,7 @@ def test_the_step_changes_weights_towards_positive_advantages(ray_session, polic
     finally:
         group.shutdown()
     change = ((after - before) * batch.loss_mask).sum(-1)  # (B,) summed log-prob change per sample
-    assert (change[batch.advantages > 0.3] > 0).all()
-    assert (change[batch.advantages < -0.3] < 0).all()
+    # Samples share weights, so one sample may move against its advantage; the step as a
+    # whole goes up the objective sum_i A_i logp_i, and favoured samples gain on disfavoured ones.
+    assert float((batch.advantages * change).sum()) > 0
+    assert change[batch.advantages > 0].mean() > change[batch.advantages < 0].mean()

@@ -12,13 +12,6 @@ from cispo.rollout.engine import RolloutEngine
 from cispo.types import Completion, SamplingParams
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 @pytest.fixture
 def checkpoint(tmp_path):
     torch.manual_seed(0)
@@ -36,7 +29,7 @@ def test_worker_class_meets_the_protocol(checkpoint):
     assert isinstance(BuiltinSamplerWorker(checkpoint[0], seed=0), RolloutEngine)
 
 
-def test_worker_as_ray_actor(ray_local, checkpoint):
+def test_worker_as_ray_actor(ray_session, checkpoint):
     path, model = checkpoint
     worker = ray.remote(num_cpus=1)(BuiltinSamplerWorker).remote(path, seed=3, num_threads=1)
     params = SamplingParams(n=2, temperature=0.0, max_tokens=6)
