@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -21,7 +21,6 @@ class Rollouts:
     reward_s: float = 0.0
     dropped_groups: int = 0  # zero-variance groups dropped by dynamic sampling
     rounds: int = 1
-    errors: list[str] = field(default_factory=list)
 
     @property
     def samples(self) -> list[Sample]:
