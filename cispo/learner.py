@@ -57,7 +57,7 @@ class Learner:
         self.cfg, self.algo, self.temperature = learner_cfg, algo_cfg, temperature
         model = load_policy(model_dir, model_cfg)
         self.packed = model_cfg.arch == "minimax"  # our hybrid model trains on packed streams
-        self.aux_loss_coef = getattr(getattr(model, "config", None), "router_aux_loss_coef", 0.0)
+        self.aux_loss_coef = model.config.router_aux_loss_coef if self.packed else 0.0
         if learner_cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         optimizer = torch.optim.AdamW(model.parameters(), lr=learner_cfg.lr, weight_decay=learner_cfg.weight_decay,
