@@ -54,10 +54,8 @@ def make_batch(samples: list[Sample], pad_id: int) -> TrainBatch:
 def sft_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> TrainBatch:
     """A supervised batch: the reference responses, advantage 1, behaviour log-prob 0."""
     samples = [
-        Sample(sample_id=str(i), group_id=str(i), prompt_ids=p, response_ids=r,
-               behaviour_logprobs=[0.0] * len(r), finish_reason="stop", policy_version=0, reward=1.0)
+        Sample(sample_id=str(i), group_id=str(i), prompt_ids=p, response_ids=r, behaviour_logprobs=[0.0] * len(r),
+               finish_reason="stop", policy_version=0, reward=1.0, advantage=1.0)
         for i, (p, r) in enumerate(zip(prompts, responses))
     ]
-    for s in samples:
-        s.advantage = 1.0
     return make_batch(samples, pad_id)
