@@ -8,7 +8,7 @@ schema), so an unknown key or a wrong type fails at once and names the key.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Dict, Optional
 
 
 @dataclass
@@ -61,6 +61,12 @@ class RolloutConfig:
     weight_push_timeout_s: float = 120.0
     # A generate call that takes longer is treated as a dead engine.
     generate_timeout_s: float = 600.0
+    # Engine actors that die (process killed, node lost) are replaced, their prompts issued again,
+    # up to this many times in a job; one more death fails the job.
+    max_restarts: int = 3
+    # Custom Ray resources each engine actor requires, e.g. {rollout_node: 1}: pins engines to the
+    # nodes started with `ray start --resources='{"rollout_node": 8}'`. Empty: any node.
+    resources: Dict[str, float] = field(default_factory=dict)
 
 @dataclass
 class LearnerConfig:
@@ -81,6 +87,9 @@ class LearnerConfig:
     # Samples per forward/backward on one rank; a step accumulates over the rank's whole shard.
     micro_batch_size: int = 64
     gradient_checkpointing: bool = False
+    # Custom Ray resources each learner rank requires, e.g. {learner_node: 1}: pins the ranks to the
+    # nodes started with `ray start --resources='{"learner_node": 8}'`. Empty: any node.
+    resources: Dict[str, float] = field(default_factory=dict)
 
 @dataclass
 class AlgoConfig:
@@ -160,8 +169,13 @@ class TrainerConfig:
     seed: int = 0
     # Save an HF + DeepSpeed checkpoint every N steps (and at the end); 0 = only at the end.
     save_every: int = 20
-    # Continue from the last checkpoint in output_dir: same step, optimizer state and data position.
-    resume: bool = False
+    # Continue from the last complete checkpoint in output_dir (same step, optimizer state and data
+    # position): "auto" resumes when one exists and starts fresh otherwise; "true" resumes (and starts
+    # fresh, keeping output_dir's files, when there is none); "false" starts fresh and clears output_dir.
+    resume: str = "false"
+    # When a learner rank dies mid-run, tear the job down and start it again from its last
+    # checkpoint (as resume=auto), up to this many times; counted in faults/learner_restarts.
+    max_restarts: int = 0
     # Supervised warm-up on the task's reference answers before RL; 0 steps turns it off.
     sft_steps: int = 100
     sft_batch_size: int = 64
@@ -198,6 +212,16 @@ class ConfigError(ValueError):
 def _check(ok: bool, key: str, rule: str) -> None:
     if not ok:
         raise ConfigError(f"{key}: {rule}")
+
+RESUME_MODES = ("auto", "true", "false")
+
+
+def resume_mode(value: bool | str) -> str:
+    """trainer.resume as one of RESUME_MODES (a YAML/CLI `true` arrives as a bool or as "True")."""
+    mode = str(value).lower()
+    _check(mode in RESUME_MODES, "trainer.resume", f"must be auto, true or false, got {value!r}")
+    return mode
+
 
 def validate(cfg: Config) -> Config:
     """Check the rules that span fields; raise ConfigError naming the key and the rule."""
@@ -236,4 +260,7 @@ def validate(cfg: Config) -> Config:
     _check(tr.steps >= 1, "trainer.steps", "must be >= 1")
     _check(tr.sft_steps >= 0, "trainer.sft_steps", "must be >= 0")
     _check(tr.max_staleness >= 0, "trainer.max_staleness", "must be >= 0")
+    tr.resume = resume_mode(tr.resume)
+    _check(tr.max_restarts >= 0, "trainer.max_restarts", "must be >= 0")
+    _check(r.max_restarts >= 0, "rollout.max_restarts", "must be >= 0")
     return cfg
