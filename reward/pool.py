@@ -1,8 +1,11 @@
 """A pool of RewardWorker actors that scores samples and survives bad reward functions.
 
-Each step's samples are split across the workers. A worker that died (the function
-crashed its process) or hung past its deadline is killed and replaced; its samples
-get an error and are masked, never silently dropped. When a step's error fraction
+Each step's samples are split across the workers. A worker that hung past its
+deadline is killed and replaced; its samples get an error and are masked. A worker
+that died (its process killed, or the function crashed it) is replaced and its part
+scored once more on the replacement; if that one dies too, the samples get an error
+and are masked. Either way nothing is silently dropped, and replacements are
+counted (`restarts`). When a step's error fraction
 passes `max_error_fraction`, the job stops with `RewardFunctionError`, naming the
 function and showing one traceback.
 """
@@ -53,30 +56,46 @@ class RewardPool:
         self.workers[index] = self._start()
         self.restarts += 1
 
+    def _time_limit_s(self, n_items: int) -> float:
+        """How long a worker may take for n items: it scores them one after another, each within timeout_s."""
+        return self.timeout_s * (1 if self.batched else n_items) + 30.0
+
     def score_items(self, items: list[tuple[str, str, dict]]) -> list[RewardResult]:
         """Score (prompt, response, metadata) items, in order, spread over the workers."""
         n = len(self.workers)
         parts = [list(range(i, len(items), n)) for i in range(n)]
         refs = {i: self.workers[i].score.remote([items[j] for j in part]) for i, part in enumerate(parts) if part}
-        # Each worker scores its part one item after another, each within timeout_s.
-        deadline = {i: time.monotonic() + self.timeout_s * (1 if self.batched else len(parts[i])) + 30.0
-                    for i in refs}
+        deadline = {i: time.monotonic() + self._time_limit_s(len(parts[i])) for i in refs}
         results: list[RewardResult | None] = [None] * len(items)
         for i, ref in refs.items():
+            part = [items[j] for j in parts[i]]
             try:
                 part_results = ray.get(ref, timeout=max(0.0, deadline[i] - time.monotonic()))
             except ray.exceptions.GetTimeoutError:
-                part_results = [RewardResult(None, error=f"{self.spec}: reward worker hung past its deadline")] * len(parts[i])
+                part_results = [RewardResult(None, error=f"{self.spec}: reward worker hung past its deadline")] * len(part)
                 self._replace(i)
-            except ray.exceptions.RayActorError as e:
-                part_results = [RewardResult(None, error=f"{self.spec}: reward worker died: {e}")] * len(parts[i])
+            except ray.exceptions.RayActorError:
                 self._replace(i)
+                part_results = self._score_again(i, part)
             for j, result in zip(parts[i], part_results):
                 results[j] = result
         for i in refs:
-            if ray.get(self.workers[i].is_poisoned.remote()):
+            try:
+                poisoned = ray.get(self.workers[i].is_poisoned.remote())
+            except ray.exceptions.RayActorError:
+                poisoned = True  # died since it answered: replace it now rather than fail the next step
+            if poisoned:
                 self._replace(i)  # a timed-out call is still running in that worker
         return results  # type: ignore[return-value]
+
+    def _score_again(self, i: int, part: list[tuple[str, str, dict]]) -> list[RewardResult]:
+        """Score a dead worker's part on its replacement; errors (masked) if that one dies as well."""
+        try:
+            return ray.get(self.workers[i].score.remote(part), timeout=self._time_limit_s(len(part)))
+        except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError) as e:
+            self._replace(i)
+            return [RewardResult(None, error=f"{self.spec}: reward worker died, and its replacement "
+                                             f"failed on the same samples: {e!r}")] * len(part)
 
     def score(self, samples: list[Sample]) -> RewardStats:
         """Fill reward, reward_details and reward_error of every sample; stop the job past the error budget."""

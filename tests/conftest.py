@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
+# Test helpers that tests (and the scripts they start) import by name, e.g. `actor_processes`.
+sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 

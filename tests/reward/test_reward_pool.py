@@ -84,6 +84,32 @@ def test_hanging_call_times_out_and_worker_is_replaced(ray_session):
     pool.shutdown()
 
 
+def test_worker_killed_mid_scoring_is_replaced_and_its_samples_scored_again(ray_session):
+    from actor_processes import Killer, raylet_pids
+
+    pool = RewardPool(f"{USER_FILE}:slow_reward", timeout_s=5.0, max_error_fraction=0.0, num_workers=2)
+    killer = Killer(raylet_pids(), "RewardWorker.score", timeout_s=60)
+    killer.start()
+    batch = samples(*"abcdef")  # 3 per worker, 0.3 s each: a worker is killed while it scores
+    pool.score(batch)
+    killer.join()
+    assert killer.pid is not None
+    assert [s.reward for s in batch] == [1.0] * 6  # none lost: the dead worker's part was scored again
+    assert pool.restarts == 1
+    pool.shutdown()
+
+
+def test_function_that_kills_its_process_is_masked_and_counted(ray_session):
+    pool = RewardPool(f"{USER_FILE}:process_exit_reward", timeout_s=5.0, max_error_fraction=1.0)
+    batch = samples("a", "b")
+    stats = pool.score(batch)
+    assert stats.errors == 2 and not any(s.trainable for s in batch)
+    assert all("reward worker died, and its replacement failed on the same samples" in s.reward_error
+               for s in batch)
+    assert pool.restarts == 2  # the worker, then its replacement
+    pool.shutdown()
+
+
 def test_hanging_async_call_times_out(ray_session):
     pool = RewardPool(f"{USER_FILE}:hanging_async_reward", timeout_s=0.5, max_error_fraction=1.0)
     batch = samples("a")

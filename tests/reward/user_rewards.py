@@ -2,6 +2,7 @@
 
 import asyncio
 import math
+import os
 import time
 
 
@@ -38,6 +39,16 @@ def hanging_reward(prompt, response, metadata):
 
 async def hanging_async_reward(prompt, response, metadata):
     await asyncio.sleep(3600)
+
+
+def slow_reward(prompt, response, metadata):
+    time.sleep(0.3)
+    return 1.0
+
+
+def process_exit_reward(prompt, response, metadata):
+    """Ends its worker's process, as a crashing C extension would."""
+    os._exit(1)
 
 
 def batch_reward(prompts, responses, metadatas):

@@ -1,0 +1,76 @@
+"""Find and SIGKILL the process of a Ray actor while it runs a given method: real fault injection.
+
+A Ray worker names its process `ray::Class.method` while it runs that method and
+`ray::Class` while idle. Only the processes under the given raylets are searched,
+so other Ray clusters on the same machine are never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import psutil
+
+
+def raylet_pids(nodes=None) -> list[int]:
+    """The raylet process of each of `nodes` (ray._private.node.Node), default: this process's Ray node."""
+    import ray
+    from ray._private import ray_constants
+
+    nodes = nodes if nodes is not None else [ray._private.worker._global_node]
+    return [n.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid for n in nodes]
+
+
+def actor_processes(raylets: list[int], title: str) -> list[psutil.Process]:
+    """Worker processes under `raylets` whose title is `ray::<title>` or starts with it (e.g. "Learner")."""
+    found = []
+    for raylet in raylets:
+        for p in psutil.Process(raylet).children(recursive=True):
+            try:
+                cmd = p.cmdline()
+            except psutil.Error:
+                continue
+            if cmd and cmd[0].startswith(f"ray::{title}"):
+                found.append(p)
+    return found
+
+
+def kill_while_running(raylets: list[int], title: str, when: Callable[[], bool] = lambda: True,
+                       timeout_s: float = 300.0) -> int | None:
+    """Once `when()` holds, SIGKILL the first process seen running `title` ("Class.method");
+    its pid, or None when none ran within timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        running = actor_processes(raylets, title) if when() else []
+        if running:
+            os.kill(running[0].pid, signal.SIGKILL)
+            return running[0].pid
+        time.sleep(0.02)
+    return None
+
+
+class Killer(threading.Thread):
+    """In the background: kill the actor process running `title` once `when()` holds; `pid` says
+    which process (None: none ran in time)."""
+
+    def __init__(self, raylets: list[int], title: str, when: Callable[[], bool] = lambda: True,
+                 timeout_s: float = 300.0):
+        super().__init__(daemon=True, name=f"kill-{title}")
+        self.raylets, self.title, self.when, self.timeout_s = raylets, title, when, timeout_s
+        self.pid: int | None = None
+
+    def run(self) -> None:
+        self.pid = kill_while_running(self.raylets, self.title, self.when, self.timeout_s)
+
+
+def steps_logged(output_dir) -> int:
+    """RL steps a job has logged to output_dir/metrics.jsonl so far."""
+    path = Path(output_dir) / "metrics.jsonl"
+    if not path.exists():
+        return 0
+    return sum('"reward/mean"' in line for line in path.read_text().splitlines())
