@@ -8,10 +8,16 @@ and are masked. Either way nothing is silently dropped, and replacements are
 counted (`restarts`). When a step's error fraction
 passes `max_error_fraction`, the job stops with `RewardFunctionError`, naming the
 function and showing one traceback.
+
+Several threads may score at once (the async producer keeps several scoring calls in
+flight; evaluation scores while it runs): each call works on the worker handles it
+started with, and a worker is replaced only if it is still the one that failed, under
+a lock, so two calls that saw the same worker fail replace it once.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 
@@ -47,14 +53,19 @@ class RewardPool:
             raise RuntimeError(f"reward workers for {spec} did not start within {start_timeout_s:g} s "
                                "(not enough free CPUs in the Ray cluster?)") from e
         self.restarts = 0
+        self._lock = threading.Lock()  # guards `workers` and `restarts` against concurrent scoring calls
 
     def _start(self):
         return self._actor_cls.remote(self.spec, self.timeout_s, self.batched)
 
-    def _replace(self, index: int) -> None:
-        ray.kill(self.workers[index], no_restart=True)
-        self.workers[index] = self._start()
-        self.restarts += 1
+    def _replace(self, index: int, failed) -> None:
+        """Replace worker `index` if it is still `failed` (another call may have replaced it already)."""
+        with self._lock:
+            if self.workers[index] is not failed:
+                return
+            ray.kill(failed, no_restart=True)
+            self.workers[index] = self._start()
+            self.restarts += 1
 
     def _time_limit_s(self, n_items: int) -> float:
         """How long a worker may take for n items: it scores them one after another, each within timeout_s."""
@@ -62,9 +73,11 @@ class RewardPool:
 
     def score_items(self, items: list[tuple[str, str, dict]]) -> list[RewardResult]:
         """Score (prompt, response, metadata) items, in order, spread over the workers."""
-        n = len(self.workers)
+        with self._lock:
+            workers = list(self.workers)
+        n = len(workers)
         parts = [list(range(i, len(items), n)) for i in range(n)]
-        refs = {i: self.workers[i].score.remote([items[j] for j in part]) for i, part in enumerate(parts) if part}
+        refs = {i: workers[i].score.remote([items[j] for j in part]) for i, part in enumerate(parts) if part}
         deadline = {i: time.monotonic() + self._time_limit_s(len(parts[i])) for i in refs}
         results: list[RewardResult | None] = [None] * len(items)
         for i, ref in refs.items():
@@ -73,27 +86,29 @@ class RewardPool:
                 part_results = ray.get(ref, timeout=max(0.0, deadline[i] - time.monotonic()))
             except ray.exceptions.GetTimeoutError:
                 part_results = [RewardResult(None, error=f"{self.spec}: reward worker hung past its deadline")] * len(part)
-                self._replace(i)
+                self._replace(i, workers[i])
             except ray.exceptions.RayActorError:
-                self._replace(i)
+                self._replace(i, workers[i])
                 part_results = self._score_again(i, part)
             for j, result in zip(parts[i], part_results):
                 results[j] = result
         for i in refs:
+            worker = self.workers[i]
             try:
-                poisoned = ray.get(self.workers[i].is_poisoned.remote())
+                poisoned = ray.get(worker.is_poisoned.remote())
             except ray.exceptions.RayActorError:
                 poisoned = True  # died since it answered: replace it now rather than fail the next step
             if poisoned:
-                self._replace(i)  # a timed-out call is still running in that worker
+                self._replace(i, worker)  # a timed-out call is still running in that worker
         return results  # type: ignore[return-value]
 
     def _score_again(self, i: int, part: list[tuple[str, str, dict]]) -> list[RewardResult]:
         """Score a dead worker's part on its replacement; errors (masked) if that one dies as well."""
+        worker = self.workers[i]
         try:
-            return ray.get(self.workers[i].score.remote(part), timeout=self._time_limit_s(len(part)))
+            return ray.get(worker.score.remote(part), timeout=self._time_limit_s(len(part)))
         except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError) as e:
-            self._replace(i)
+            self._replace(i, worker)
             return [RewardResult(None, error=f"{self.spec}: reward worker died, and its replacement "
                                              f"failed on the same samples: {e!r}")] * len(part)
 

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
 
+from cispo.reward.pool import RewardPool
 from cispo.train_async import TRAINED_SAMPLES_FILE, train_async
+from cispo.types import Sample
+
+USER_REWARDS = Path(__file__).parents[1] / "reward" / "user_rewards.py"
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -47,3 +52,26 @@ def test_async_job_bounds_staleness_trains_each_sample_once_and_resumes_exactly(
     assert len(prompts) == len(set(prompts))
     watermark = int([m for m in read_jsonl(out / "metrics.jsonl") if "reward/mean" in m][-1]["data/next_prompt"])
     assert set(range(watermark)) <= set(prompts)
+
+
+def test_concurrent_scoring_calls_replace_a_killed_worker_once_and_lose_nothing(ray_session):
+    """The producer keeps several scoring calls in flight and evaluation scores beside them:
+    a worker killed under three calls at once is replaced once, and each call's part is scored again."""
+    from actor_processes import Killer, raylet_pids
+
+    pool = RewardPool(f"{USER_REWARDS}:slow_reward", timeout_s=5.0, max_error_fraction=0.0, num_workers=2)
+    calls = [[Sample(sample_id=f"{c}-{i}", group_id=str(c), prompt_ids=[1], response_ids=[2],
+                     behaviour_logprobs=[-0.1], finish_reason="stop", policy_version=0) for i in range(4)]
+             for c in range(3)]  # 2 samples per worker per call, 0.3 s each: 3 calls queued on each worker
+    killer = Killer(raylet_pids(), "RewardWorker.score", timeout_s=60)
+    killer.start()
+    threads = [threading.Thread(target=pool.score, args=(batch,)) for batch in calls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    killer.join()
+    assert killer.pid is not None
+    assert [s.reward for batch in calls for s in batch] == [1.0] * 12
+    assert pool.restarts == 1
+    pool.shutdown()
