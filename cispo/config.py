@@ -61,6 +61,9 @@ class RolloutConfig:
     weight_push_timeout_s: float = 120.0
     # A generate call that takes longer is treated as a dead engine.
     generate_timeout_s: float = 600.0
+    # Async driver: scoring calls kept in flight at once (each spread over the reward workers), so a
+    # generate call's groups are scored as soon as it returns, beside the scoring of earlier calls.
+    scoring_calls_in_flight: int = 4
     # Engine actors that die (process killed, node lost) are replaced, their prompts issued again,
     # up to this many times in a job; one more death fails the job.
     max_restarts: int = 3
@@ -263,4 +266,5 @@ def validate(cfg: Config) -> Config:
     tr.resume = resume_mode(tr.resume)
     _check(tr.max_restarts >= 0, "trainer.max_restarts", "must be >= 0")
     _check(r.max_restarts >= 0, "rollout.max_restarts", "must be >= 0")
+    _check(r.scoring_calls_in_flight >= 1, "rollout.scoring_calls_in_flight", "must be >= 1")
     return cfg
