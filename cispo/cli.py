@@ -21,14 +21,9 @@ def _main(dict_cfg: DictConfig) -> None:
         print(f"config error: {e}", file=sys.stderr)
         sys.exit(2)
     # Imported after validation: a bad config fails before Ray starts.
-    if cfg.trainer.max_staleness > 0:
-        from cispo.train_async import train_async
+    from cispo.supervise import run_job
 
-        train_async(cfg)
-    else:
-        from cispo.train import train
-
-        train(cfg)
+    run_job(cfg)
 
 
 def main() -> None:

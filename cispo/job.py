@@ -17,7 +17,7 @@ import ray
 
 from cispo.batch import sft_batch
 from cispo.checkpoint import TrainState, checkpoint_dir, deepspeed_dir, latest_checkpoint, tag, write_state
-from cispo.config import Config
+from cispo.config import Config, resume_mode
 from cispo.learner_group import LearnerGroup
 from cispo.policy import create_policy
 from cispo.reward.pool import RewardPool
@@ -48,19 +48,21 @@ def cpus_needed(cfg: Config) -> float:
 
 
 class Job:
-    def __init__(self, cfg: Config):
-        self.cfg = cfg
+    def __init__(self, cfg: Config, learner_restarts: int = 0):
+        """`learner_restarts`: times the supervisor restarted this job after a learner rank died."""
+        self.cfg, self.learner_restarts = cfg, learner_restarts
         self.out = Path(cfg.trainer.output_dir).resolve()
         self.out.mkdir(parents=True, exist_ok=True)
         connect_ray(cfg)
         self.task = make_task(cfg.task)
         self.state = TrainState()
-        resumed = latest_checkpoint(self.out) if cfg.trainer.resume else None
+        resume = resume_mode(cfg.trainer.resume)
+        resumed = latest_checkpoint(self.out) if resume != "false" else None
         if resumed is not None:
             ckpt, self.state = resumed
             policy_dir = ckpt / "hf"
         else:
-            if not cfg.trainer.resume:
+            if resume != "true":
                 self._clear_previous_run()
             policy_dir = Path(cfg.model.path) if cfg.model.path else self.out / "init"
             if not cfg.model.path:
@@ -75,14 +77,21 @@ class Job:
         kwargs = ({"dtype": r.dtype, "max_model_len": cfg.model.max_position_embeddings, "kv_cache_gib": r.kv_cache_gib}
                   if r.engine == "vllm" else {"num_threads": max(1, int(r.num_cpus_per_worker))})
         self.rollout = RolloutGroup(
-            EngineSpec(r.engine, str(policy_dir), r.num_cpus_per_worker, r.num_gpus_per_worker, kwargs, cfg.trainer.seed),
-            r.num_workers, r.generate_timeout_s, r.weight_push_timeout_s)
+            EngineSpec(r.engine, str(policy_dir), r.num_cpus_per_worker, r.num_gpus_per_worker, kwargs, cfg.trainer.seed,
+                       dict(r.resources)),
+            r.num_workers, r.generate_timeout_s, r.weight_push_timeout_s, max_restarts=r.max_restarts)
         rw = cfg.reward
         self.rewards = RewardPool(rw.fn, rw.timeout_s, rw.max_error_fraction, rw.num_workers, rw.batched)
         self.tracker = Tracker(cfg, cfg.trainer.steps, self.state.step)
         self.resumed = resumed is not None
         if self.resumed:  # the engines loaded the checkpoint's weights but count versions from 0
             self.push_weights(self.state.version)
+
+    def fault_metrics(self) -> dict[str, float]:
+        """Actors this job replaced after they died (or hung), so far: none of it is silent."""
+        return {"faults/rollout_restarts": float(self.rollout.restarts),
+                "faults/reward_worker_restarts": float(self.rewards.restarts),
+                "faults/learner_restarts": float(self.learner_restarts)}
 
     def _clear_previous_run(self) -> None:
         """A fresh (non-resume) job in a used output_dir starts clean: no stale checkpoint or W&B run."""

@@ -1,4 +1,8 @@
-"""The learner ranks as Ray actors in one placement group, driven as a single learner."""
+"""The learner ranks as Ray actors in one placement group, driven as a single learner.
+
+A rank that dies surfaces as `LearnerDiedError` from whichever call saw it; the
+job's supervisor (`cispo.supervise`) then restarts the job from its last checkpoint.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,10 @@ from cispo.learner import Learner, merge_rank_metrics
 from cispo.losses import loss_normalizer, loss_params as resolve_loss_params
 
 
+class LearnerDiedError(RuntimeError):
+    """A learner rank's actor died (process killed, node lost): the learner's state is gone."""
+
+
 def _free_port() -> tuple[str, int]:
     """An address and a free port on the node this runs on (the rank-0 rendezvous)."""
     with socket.socket() as s:
@@ -27,7 +35,8 @@ class LearnerGroup:
         lc = cfg.learner
         self.world_size, self.loss_name = lc.world_size, cfg.algo.loss
         self.micro_batch_size = lc.micro_batch_size
-        bundle = {"CPU": lc.num_cpus_per_rank, **({"GPU": lc.num_gpus_per_rank} if lc.num_gpus_per_rank else {})}
+        bundle = {"CPU": lc.num_cpus_per_rank, **({"GPU": lc.num_gpus_per_rank} if lc.num_gpus_per_rank else {}),
+                  **lc.resources}
         self.pg = placement_group([bundle] * lc.world_size, strategy="PACK")
         try:
             ray.get(self.pg.ready(), timeout=300)
@@ -59,43 +68,60 @@ class LearnerGroup:
         loss_agg = resolve_loss_params(self.loss_name, **loss_params).loss_agg
         normalizer = max(loss_normalizer(batch.loss_mask, loss_agg), 1.0)
         shards, n_micro = self._shards(batch)
-        results = ray.get([r.train_step.remote(s, n_micro, normalizer, loss_params)
-                           for r, s in zip(self.ranks, shards)])
+        results = self._get([r.train_step.remote(s, n_micro, normalizer, loss_params)
+                             for r, s in zip(self.ranks, shards)])
         return merge_rank_metrics(results)
 
     def sft_step(self, batch: TrainBatch, lr: float) -> dict[str, float]:
         normalizer = max(float(batch.loss_mask.sum()), 1.0)
         shards, n_micro = self._shards(batch)
-        results = ray.get([r.sft_step.remote(s, n_micro, normalizer, lr) for r, s in zip(self.ranks, shards)])
+        results = self._get([r.sft_step.remote(s, n_micro, normalizer, lr) for r, s in zip(self.ranks, shards)])
         return {"sft_loss": sum(m["sft_loss"] for m in results)}
 
     def logprobs(self, batch: TrainBatch):
         import torch
 
         shards, n_micro = self._shards(batch)
-        return torch.cat(ray.get([r.logprobs.remote(s, n_micro) for r, s in zip(self.ranks, shards)]))
+        return torch.cat(self._get([r.logprobs.remote(s, n_micro) for r, s in zip(self.ranks, shards)]))
 
     def weights_ref(self) -> ray.ObjectRef:
         """The full weights, put once in the object store for every engine to fetch."""
         refs = [r.named_weights.remote() for r in self.ranks]
-        ray.get(refs[1:])
+        self._get(refs[1:])
+        ray.wait(refs[:1], fetch_local=False)
+        self.optimizer_steps()  # rank 0 answers: its weights are in the store, not an error of its death
         return refs[0]
 
     def save_hf(self, directory: str) -> None:
-        ray.get([r.save_hf.remote(directory) for r in self.ranks])
+        self._get([r.save_hf.remote(directory) for r in self.ranks])
 
     def save_checkpoint(self, directory: str, tag: str) -> None:
-        ray.get([r.save_checkpoint.remote(directory, tag) for r in self.ranks])
+        self._get([r.save_checkpoint.remote(directory, tag) for r in self.ranks])
 
     def load_checkpoint(self, directory: str, tag: str) -> int:
-        return ray.get([r.load_checkpoint.remote(directory, tag) for r in self.ranks])[0]
+        return self._get([r.load_checkpoint.remote(directory, tag) for r in self.ranks])[0]
 
     def optimizer_steps(self) -> int:
-        return ray.get(self.ranks[0].optimizer_steps.remote())
+        return self._get(self.ranks[0].optimizer_steps.remote())
+
+    @staticmethod
+    def _get(refs):
+        """ray.get that fails as soon as one rank died (the others may wait for it in a collective)."""
+        pending = [refs] if isinstance(refs, ray.ObjectRef) else list(refs)
+        try:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                ray.get(done)
+            return ray.get(refs)
+        except ray.exceptions.RayActorError as e:
+            raise LearnerDiedError(f"a learner rank died: {e}") from e
 
     def shutdown(self) -> None:
+        """Stop the ranks gracefully; ranks already dead (or hung) are killed."""
         try:
             ray.get([r.shutdown.remote() for r in self.ranks], timeout=60)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            pass  # killed below either way
         finally:
             for r in self.ranks:
                 ray.kill(r)

@@ -15,6 +15,7 @@ from cispo.config import Config
 from cispo.diagnostics import mismatch_alarm
 from cispo.job import Job
 from cispo.step_metrics import learner_metrics, rollout_metrics
+from cispo.trained_samples import TrainedSamplesLog
 
 
 def loss_params(cfg: Config) -> dict:
@@ -24,9 +25,10 @@ def loss_params(cfg: Config) -> dict:
     return {k: v for k, v in params.items() if v is not None}  # None: the loss's own default
 
 
-def train(cfg: Config) -> dict[str, float]:
-    job = Job(cfg)
+def train(cfg: Config, learner_restarts: int = 0) -> dict[str, float]:
+    job = Job(cfg, learner_restarts)
     tc, tracker = cfg.trainer, job.tracker
+    trained_log = TrainedSamplesLog(job.out, job.state.step if job.resumed else None)
     rewards_per_step: list[float] = []
     samples_total, wall = 0, 0.0
     try:
@@ -43,7 +45,7 @@ def train(cfg: Config) -> dict[str, float]:
             push_s = job.push_weights(version=step + 1)
             job.state.step = step + 1
             step_s = time.perf_counter() - t0
-            metrics = {**rollout_metrics(rollouts), **learner_metrics(learned),
+            metrics = {**rollout_metrics(rollouts), **learner_metrics(learned), **job.fault_metrics(),
                        "perf/learner_s": t2 - t1, "perf/push_s": push_s, "perf/step_s": step_s,
                        "perf/samples_per_s": len(rollouts.samples) / step_s, "policy/version": job.state.version,
                        # The prompts [start, end) of the task's stream this step consumed: resume is exact.
@@ -54,6 +56,8 @@ def train(cfg: Config) -> dict[str, float]:
                                    min_corr=cfg.algo.mismatch_alarm)
             if alarm:
                 tracker.alert("train/inference mismatch", alarm)
+            # Without dynamic sampling every prompt consumed is trained; with it, the dropped ones are counted.
+            trained_log.record(job.state.step, list(range(prompt_start, job.state.next_prompt)), rollouts.samples)
             if tc.eval_every and job.state.step % tc.eval_every == 0:
                 metrics.update(job.evaluate())
             tracker.log(job.state.step, metrics)
@@ -66,4 +70,5 @@ def train(cfg: Config) -> dict[str, float]:
         final_eval = job.evaluate()
         return job.finish(final_eval, job.save(), rewards_per_step, samples_total, wall)
     finally:
+        trained_log.close()
         job.shutdown()

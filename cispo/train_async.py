@@ -14,7 +14,7 @@ weight push queues behind the generation already issued to an engine (an engine
 actor runs one call at a time) and keeps its timeout (`WeightPushError`).
 
 Every trained sample is recorded in `output_dir/trained_samples.jsonl` (one line per
-step: ids, versions, prompt indices) so the staleness bound and "trained at most
+step: ids, versions, prompt indices; `cispo.trained_samples`) so the staleness bound and "trained at most
 once" can be checked from the run itself. Resume is exact: the checkpoint keeps the
 consumed prompts (`async_prompts.json`); prompts in flight at the checkpoint are
 issued again.
@@ -36,16 +36,16 @@ from cispo.job import Job
 from cispo.rollout_buffer import RolloutBuffer
 from cispo.step_metrics import learner_metrics, rollout_metrics
 from cispo.train import loss_params
+from cispo.trained_samples import TRAINED_SAMPLES_FILE, TrainedSamplesLog  # noqa: F401 - tests read the file by it
 
 PROMPTS_FILE = "async_prompts.json"  # in a checkpoint directory: consumed prompts above the watermark
-TRAINED_SAMPLES_FILE = "trained_samples.jsonl"
 
 
-def train_async(cfg: Config) -> dict[str, float]:
-    job = Job(cfg)
+def train_async(cfg: Config, learner_restarts: int = 0) -> dict[str, float]:
+    job = Job(cfg, learner_restarts)
     tc, tracker = cfg.trainer, job.tracker
     buffer = restore_buffer(job)
-    trained_log = open_trained_log(job)
+    trained_log = TrainedSamplesLog(job.out, job.state.step if job.resumed else None)
     rewards_per_step: list[float] = []
     samples_total, wall = 0, 0.0
     producer = None
@@ -69,7 +69,7 @@ def train_async(cfg: Config) -> dict[str, float]:
             generate_s, reward_s = producer.timings()
             staleness = [step - s.policy_version for s in samples]
             rollouts = Rollouts(taken.groups, generate_s, reward_s, dropped_groups=taken.dropped)
-            metrics = {**rollout_metrics(rollouts), **learner_metrics(learned),
+            metrics = {**rollout_metrics(rollouts), **learner_metrics(learned), **job.fault_metrics(),
                        "rollout/staleness_mean": statistics.fmean(staleness),
                        "rollout/staleness_max": float(max(staleness)),
                        "rollout/stale_groups_resampled": float(taken.stale_resampled),
@@ -80,11 +80,7 @@ def train_async(cfg: Config) -> dict[str, float]:
                        # Consumption is out of order: every prompt below next_prompt is consumed.
                        "data/prompts_trained": float(len(taken.prompt_indices)),
                        "data/next_prompt": float(buffer.watermark)}
-            trained_log.write(json.dumps({"step": job.state.step, "learner_step": step,
-                                          "prompt_indices": taken.prompt_indices,
-                                          "sample_ids": [s.sample_id for s in samples],
-                                          "policy_versions": [s.policy_version for s in samples]}) + "\n")
-            trained_log.flush()
+            trained_log.record(job.state.step, taken.prompt_indices, samples)
             if tc.eval_every and job.state.step % tc.eval_every == 0:
                 metrics.update(job.evaluate())
             tracker.log(job.state.step, metrics)
@@ -123,12 +119,3 @@ def save(job: Job, buffer: RolloutBuffer) -> Path:
         json.dumps({"consumed_above_next_prompt": sorted(buffer.consumed_above)}))
     return job.save()
 
-
-def open_trained_log(job: Job):
-    """The per-step record of trained samples; a resumed job keeps the steps up to its checkpoint."""
-    path = job.out / TRAINED_SAMPLES_FILE
-    kept = []
-    if job.resumed and path.exists():
-        kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= job.state.step]
-    path.write_text("".join(line + "\n" for line in kept))
-    return open(path, "a")

@@ -3,12 +3,18 @@
 Engines are interchangeable (vLLM or the built-in sampler); each is created from
 an HF checkpoint directory and then kept in step with the learner by in-memory
 weight pushes, each tagged with the policy version.
+
+An engine actor that dies (its process killed, its node lost) is replaced by a new
+one from the same `EngineSpec`, which gets the last pushed weights and version
+before it takes work; the prompts the dead engine held are issued again to it.
+Replacements are counted (`restarts`); past `max_restarts` the job fails with
+`RolloutError`.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
@@ -34,6 +40,8 @@ class EngineSpec:
     num_gpus: float
     kwargs: dict[str, Any]
     seed: int = 0  # engine i samples with seed + i
+    # Custom Ray resources each engine actor requires, e.g. {"rollout_node": 1}: node placement.
+    resources: dict[str, float] = field(default_factory=dict)
 
 
 def _engine_class(engine: str):
@@ -48,42 +56,80 @@ def _engine_class(engine: str):
 
 class RolloutGroup:
     def __init__(self, spec: EngineSpec, num_workers: int, generate_timeout_s: float, push_timeout_s: float,
-                 start_timeout_s: float = 600.0):
+                 start_timeout_s: float = 600.0, max_restarts: int = 0):
         self.spec, self.generate_timeout_s, self.push_timeout_s = spec, generate_timeout_s, push_timeout_s
-        self._actor = ray.remote(num_cpus=spec.num_cpus, num_gpus=spec.num_gpus)(_engine_class(spec.engine))
+        self.start_timeout_s, self.max_restarts = start_timeout_s, max_restarts
+        self._actor = ray.remote(num_cpus=spec.num_cpus, num_gpus=spec.num_gpus,
+                                 resources=spec.resources or None)(_engine_class(spec.engine))
         self.workers = [self._start(seed=spec.seed + i) for i in range(num_workers)]
         ray.get([w.policy_version.remote() for w in self.workers], timeout=start_timeout_s)
+        self.restarts = 0  # engine actors replaced after they died
+        # What a replacement engine loads before it takes work: the last push (None: the spec's checkpoint).
+        self._weights: tuple[ray.ObjectRef, int] | None = None
 
     def _start(self, seed: int):
         return self._actor.remote(self.spec.model_dir, seed, **self.spec.kwargs)
 
+    def replace(self, index: int, error: BaseException) -> None:
+        """Start a new engine in place of dead engine `index`, holding the last pushed weights and version."""
+        if self.restarts >= self.max_restarts:
+            raise RolloutError(f"rollout engine {index} died and rollout.max_restarts={self.max_restarts} "
+                               f"engine restarts are used up: {error}") from error
+        self.restarts += 1
+        ray.kill(self.workers[index])
+        worker = self._start(seed=self.spec.seed + index)
+        ray.get(worker.policy_version.remote(), timeout=self.start_timeout_s)
+        if self._weights is not None:
+            weights_ref, version = self._weights
+            ray.get(worker.update_weights.remote(weights_ref, version), timeout=self.push_timeout_s)
+        self.workers[index] = worker
+
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
-        """Completions for every prompt, in order, spread over the engines."""
+        """Completions for every prompt, in order, spread over the engines.
+
+        A part whose engine died is issued again to that engine's replacement."""
         n = len(self.workers)
-        parts = [list(range(i, len(prompts), n)) for i in range(n)]
-        refs = [w.generate.remote([prompts[j] for j in part], params)
-                for w, part in zip(self.workers, parts) if part]
-        try:
-            results = ray.get(refs, timeout=self.generate_timeout_s)
-        except ray.exceptions.GetTimeoutError as e:
-            raise RolloutError(f"generation did not finish within rollout.generate_timeout_s="
-                               f"{self.generate_timeout_s:g} s") from e
+        parts = {i: list(range(i, len(prompts), n)) for i in range(n)}
+        parts = {i: part for i, part in parts.items() if part}
+        deadline = time.monotonic() + self.generate_timeout_s
         out: list[list[Completion]] = [[] for _ in prompts]
-        for part, result in zip([p for p in parts if p], results):
-            for j, completions in zip(part, result):
+        pending = {self._issue(i, prompts, part, params): i for i, part in parts.items()}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            if not done:
+                raise RolloutError(f"generation did not finish within rollout.generate_timeout_s="
+                                   f"{self.generate_timeout_s:g} s")
+            i = pending.pop(done[0])
+            try:
+                result = ray.get(done[0])
+            except ray.exceptions.RayActorError as e:
+                self.replace(i, e)
+                pending[self._issue(i, prompts, parts[i], params)] = i
+                continue
+            for j, completions in zip(parts[i], result):
                 out[j] = completions
         return out
 
+    def _issue(self, index: int, prompts: list[list[int]], part: list[int], params: SamplingParams):
+        return self.workers[index].generate.remote([prompts[j] for j in part], params)
+
     def push_weights(self, weights_ref: ray.ObjectRef, version: int) -> float:
-        """Load the learner's weights into every engine; seconds taken. Fails loudly past the timeout."""
+        """Load the learner's weights into every engine; seconds taken. Fails loudly past the timeout.
+
+        An engine found dead is replaced; the replacement loads these weights as it starts."""
         start = time.perf_counter()
+        self._weights = (weights_ref, version)
         refs = [w.update_weights.remote(weights_ref, version) for w in self.workers]
         ready, pending = ray.wait(refs, num_returns=len(refs), timeout=self.push_timeout_s)
         if pending:
             raise WeightPushError(
                 f"weight push of version {version} to {len(pending)}/{len(refs)} rollout engines did not finish "
                 f"within rollout.weight_push_timeout_s={self.push_timeout_s:g} s")
-        ray.get(ready)  # re-raises an engine's own error
+        for i, ref in enumerate(refs):
+            try:
+                ray.get(ref)  # re-raises an engine's own error
+            except ray.exceptions.RayActorError as e:
+                self.replace(i, e)
         versions = ray.get([w.policy_version.remote() for w in self.workers])
         if any(v != version for v in versions):
             raise WeightPushError(f"engines report versions {versions} after pushing version {version}")

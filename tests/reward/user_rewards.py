@@ -46,6 +46,12 @@ def slow_reward(prompt, response, metadata):
     return 1.0
 
 
+def paced_addition_reward(prompt, response, metadata):
+    """The addition reward, 20 ms per sample: slow enough that a test can kill a worker while it scores."""
+    time.sleep(0.02)
+    return float(response.strip() == metadata["answer"])
+
+
 def process_exit_reward(prompt, response, metadata):
     """Ends its worker's process, as a crashing C extension would."""
     os._exit(1)

@@ -1,0 +1,38 @@
+"""The record of what each learner step trained on: `output_dir/trained_samples.jsonl`.
+
+One line per RL step: the step, the sample ids, the policy version that sampled
+each, and the prompt indices. Both drivers write it, so "every sample trained at
+most once, none lost without being counted" and the staleness bound can be checked
+from the run itself, across resumes and restarts. A resumed job keeps the lines up
+to its checkpoint's step: the steps after it are trained again from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from cispo.types import Sample
+
+TRAINED_SAMPLES_FILE = "trained_samples.jsonl"
+
+
+class TrainedSamplesLog:
+    def __init__(self, output_dir: Path, resumed_step: int | None):
+        """`resumed_step`: the checkpoint's step when the job resumed, None when it started fresh."""
+        path = output_dir / TRAINED_SAMPLES_FILE
+        kept = []
+        if resumed_step is not None and path.exists():
+            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= resumed_step]
+        path.write_text("".join(line + "\n" for line in kept))
+        self.file = open(path, "a")
+
+    def record(self, step: int, prompt_indices: list[int], samples: list[Sample]) -> None:
+        """Step `step` (the version it produced) trained `samples` of the prompts `prompt_indices`."""
+        self.file.write(json.dumps({"step": step, "learner_step": step - 1, "prompt_indices": prompt_indices,
+                                    "sample_ids": [s.sample_id for s in samples],
+                                    "policy_versions": [s.policy_version for s in samples]}) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
