@@ -24,7 +24,8 @@ from cispo.envs.pool import SandboxPool
 from cispo.envs.repo import RepoError, snapshot
 from cispo.envs.sandbox import tar_files
 from cispo.envs.tasks import SWETask
-from cispo.envs.testlog import PASSED, read_outcomes
+from cispo.envs.testlog import PASSED
+from cispo.envs.verdict import read_verdict, verdict_run
 
 Status = Literal["resolved", "unresolved", "patch_failed", "timeout", "infra_error"]
 PYTEST_ARGS = ("-rA", "-p", "no:cacheprovider", "-o", "addopts=")
@@ -33,6 +34,7 @@ PREPARE_TIMEOUT = 120.0
 # the tail half of this cap bounds how many ids one run can report (~10k).
 TEST_OUTPUT_CAP = 2 * 1024 * 1024
 _MARK = "<<cispo-prepare>> "
+INFRA_RETRIES = 1  # another sandbox after an infra failure; a second failure is masked (infra_error)
 
 
 @dataclass
@@ -45,7 +47,8 @@ class GradeResult:
     seconds: float = 0.0  # the whole grading, sandbox start-up included
     test_seconds: float = 0.0  # of which the test run itself
     patch_method: str = ""  # git_apply, git_apply_reject, patch_fuzz, none (empty patch)
-    error: str = ""  # why, for patch_failed / timeout / infra_error
+    error: str = ""  # why, for patch_failed / timeout / infra_error, or why the verdict failed every test
+    attempts: int = 1  # sandboxes tried: a container that dies mid-episode is an infra failure, retried once
     log: str = ""  # tail of the test run's output
 
     def to_dict(self) -> dict[str, Any]:
@@ -72,36 +75,50 @@ def grade(task: SWETask, model_patch: str, pool: SandboxPool) -> GradeResult:
     except (UnsafePatch, RepoError) as e:
         return done("infra_error", error=f"task {task.instance_id} is broken: {e}")
 
-    try:
-        with pool.sandbox(task.image) as sb:
-            prep = sb.exec(["sh", "-c", PREPARE, "prepare", *restore], stdin=bundle, timeout=PREPARE_TIMEOUT,
-                           trusted=True)
-            marker = _marker(prep.output)
-            if prep.exit_code == 10:
-                return done("patch_failed", error=f"no method applied the patch:\n{prep.output[-2000:]}")
-            if not marker.startswith("applied "):
-                why = "test_patch does not apply" if prep.exit_code == 11 else f"prepare step exit {prep.exit_code}"
-                return done("infra_error", error=f"{why}:\n{prep.output[-2000:]}")
-            method = marker.split(" ", 1)[1]
-            ids = task.test_ids
-            run = sb.exec(
-                ["sh", "-c", f'{task.test_cmd} "$@"', "tests", *PYTEST_ARGS, *ids],
-                timeout=task.timeout,
-                workdir="/workspace/repo",
-                output_cap=TEST_OUTPUT_CAP,
-            )
-    except InfraError as e:
-        return done("infra_error", error=str(e))
-
-    tests = read_outcomes(run.output, ids)
-    passed = sum(v == PASSED for v in tests.values())
-    fraction = passed / len(ids)
-    log = run.output[-4000:]
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            outcome = _run_in_sandbox(task, bundle, restore, pool)
+            break
+        except InfraError as e:  # the daemon or the container failed, not the model: once more, fresh
+            if attempts == 1 + INFRA_RETRIES:
+                return done("infra_error", error=str(e), attempts=attempts)
+        except _NotApplied as e:
+            return done(e.status, error=str(e), attempts=attempts)
+    method, run, verdict = outcome
+    passed = sum(v == PASSED for v in verdict.tests.values())
+    common = dict(fraction=passed / len(task.test_ids), tests=verdict.tests, patch_method=method,
+                  log=run.output[-4000:], test_seconds=run.seconds, attempts=attempts)
     if run.timed_out:
-        return done("timeout", fraction=fraction, tests=tests, patch_method=method, log=log,
-                    test_seconds=run.seconds, error=f"tests ran past {task.timeout:g} s")
-    status: Status = "resolved" if passed == len(ids) else "unresolved"
-    return done(status, fraction=fraction, tests=tests, patch_method=method, log=log, test_seconds=run.seconds)
+        return done("timeout", error=f"tests ran past {task.timeout:g} s", **common)
+    status: Status = "resolved" if passed == len(task.test_ids) and not verdict.error else "unresolved"
+    return done(status, error=verdict.error, **common)
+
+
+def _run_in_sandbox(task: SWETask, bundle: bytes, restore: list[str], pool: SandboxPool):
+    """Prepare and run the tests in one sandbox: (patch method, the run, its verdict)."""
+    with pool.sandbox(task.image) as sb:
+        prep = sb.exec(["sh", "-c", PREPARE, "prepare", *restore], stdin=bundle, timeout=PREPARE_TIMEOUT,
+                       trusted=True)
+        marker = _marker(prep.output)
+        if prep.exit_code == 10:
+            raise _NotApplied("patch_failed", f"no method applied the patch:\n{prep.output[-2000:]}")
+        if not marker.startswith("applied "):
+            why = "test_patch does not apply" if prep.exit_code == 11 else f"prepare step exit {prep.exit_code}"
+            raise _NotApplied("infra_error", f"{why}:\n{prep.output[-2000:]}")
+        vrun = verdict_run(["sh", "-c", f'{task.test_cmd} "$@"', "tests", *PYTEST_ARGS, *task.test_ids])
+        run = sb.exec(vrun.argv, stdin=vrun.stdin, timeout=task.timeout, workdir="/workspace/repo",
+                      output_cap=TEST_OUTPUT_CAP)
+    return marker.split(" ", 1)[1], run, read_verdict(run.output, vrun.secret, task.test_ids)
+
+
+class _NotApplied(Exception):
+    """The model's patch (status patch_failed) or the task's test patch (infra_error) did not apply."""
+
+    def __init__(self, status: Status, error: str):
+        super().__init__(error)
+        self.status = status
 
 
 def _marker(output: str) -> str:

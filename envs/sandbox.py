@@ -225,9 +225,27 @@ class Sandbox:
         seconds = time.monotonic() - start
         if trusted:
             code = with_retries(lambda: api.exec_inspect(exec_id)["ExitCode"], "exec_inspect")
+            if code in (None, 137):
+                self._check_alive()
             text = payload.decode(errors="replace")
             return ExecResult(code, text, code == 137 and seconds >= timeout, len(payload), seconds)
+        if _FOOTER not in payload:
+            self._check_alive()
         return _parse(payload, seconds, cap)
+
+    def _check_alive(self) -> None:
+        """Raise `InfraError` if the container stopped (killed from outside, the daemon restarted):
+        a command cut short that way says nothing about what it ran."""
+        try:
+            self.container.reload()
+            running = self.container.status == "running"
+        except docker.errors.NotFound:
+            running = False
+        except docker.errors.DockerException as e:
+            raise InfraError(f"cannot inspect {self.container.name}: {e}") from e
+        if not running:
+            self.dead = True
+            raise InfraError(f"sandbox {self.container.name} stopped during a command")
 
     def _pids_exhausted(self) -> bool:
         try:

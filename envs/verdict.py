@@ -1,0 +1,91 @@
+"""The graded test run's verdict: per-test outcomes the tested code cannot simply print or forge.
+
+The model's code runs inside the pytest process, so pytest's output is the model's
+to write: it can print a fake summary and `os._exit(0)`, or monkeypatch pytest's
+reports at import. So grading does not read that output. `test_controller.py` runs
+the test command as its child, collects one record per test phase from
+`verdict_plugin.py` over a pipe, and prints them last, marked with a secret drawn
+here for this run alone (sent on stdin, never visible to the child).
+
+`read_verdict` then accepts a pass only when the run holds together: the plugin
+started and saw the session finish, pytest's exit status is the one its session
+reported and agrees with the reports (0 exactly when nothing failed), and the plugin
+found nothing of pytest's replaced. Anything else fails every test and says why.
+
+Limit: code in the same process can, with enough effort aimed at this plugin, still
+forge records (it can reach the pipe). What it cannot do is make a verdict appear
+without the secret, exit early as a pass, or patch pytest's reporting unnoticed.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from cispo.envs.testlog import FAILED, PASSED
+
+_HERE = Path(__file__).parent
+CONTROLLER = (_HERE / "test_controller.py").read_text()
+PLUGIN = (_HERE / "verdict_plugin.py").read_bytes()
+
+
+@dataclass(frozen=True)
+class VerdictRun:
+    """What the sandbox exec needs: the command and its stdin; the secret stays here."""
+
+    argv: list[str]
+    stdin: bytes
+    secret: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    tests: dict[str, str]  # test id -> "passed" / "failed"
+    error: str  # why every test counts as failed; "" when the run held together
+
+
+def verdict_run(argv: list[str]) -> VerdictRun:
+    """Wrap the test command `argv` in the controller, with a fresh secret."""
+    secret = secrets.token_hex(16)
+    return VerdictRun(["python3", "-I", "-S", "-c", CONTROLLER, *argv], secret.encode() + b"\n" + PLUGIN, secret)
+
+
+def read_verdict(output: str, secret: str, test_ids: list[str]) -> Verdict:
+    """Per-test outcomes from the controller's verdict in `output`, checked for consistency."""
+    all_failed = {tid: FAILED for tid in test_ids}
+    marker = f"<<cispo-verdict {secret}>> "
+    at = output.rfind(marker)
+    if at < 0:
+        return Verdict(all_failed, "the test run ended without a verdict (its controller was killed)")
+    try:
+        verdict = json.loads(output[at + len(marker) :].split("\n", 1)[0])
+        code, records = int(verdict["exit_code"]), list(verdict["records"])
+    except (ValueError, KeyError, TypeError) as e:
+        return Verdict(all_failed, f"the verdict could not be read: {e}")
+    events = [r.get("event") for r in records]
+    if "start" not in events:
+        return Verdict(all_failed, f"the test command (exit {code}) never loaded the verdict plugin: "
+                                   "a task's test_cmd must run pytest")
+    if events[-1] != "finish":
+        return Verdict(all_failed, f"the test process exited (status {code}) before pytest finished its session")
+    finish = records[-1]
+    if finish.get("tampered"):
+        return Verdict(all_failed, "pytest was tampered with: " + "; ".join(map(str, finish["tampered"])))
+    if finish.get("exitstatus") != code:
+        return Verdict(all_failed, f"exit status {code} disagrees with the {finish.get('exitstatus')} pytest's session reported")
+    reports = [r for r in records if r.get("event") == "report"]
+    any_failed = any(r.get("outcome") == "failed" for r in reports)
+    if code in (0, 1) and (code == 1) != any_failed:
+        return Verdict(all_failed, f"exit status {code} disagrees with the reports ({'a' if any_failed else 'no'} test failed)")
+    return Verdict({tid: _outcome([r for r in reports if r.get("nodeid") == tid]) for tid in test_ids}, "")
+
+
+def _outcome(reports: list[dict]) -> str:
+    """Passed: the call phase passed (or failed as an expected xfail) and no phase failed."""
+    if any(r.get("outcome") == "failed" for r in reports):
+        return FAILED
+    good = [r for r in reports if r.get("when") == "call" and
+            (r.get("outcome"), bool(r.get("xfail"))) in (("passed", False), ("skipped", True))]
+    return PASSED if good else FAILED
