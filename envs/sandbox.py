@@ -233,19 +233,25 @@ class Sandbox:
             self._check_alive()
         return _parse(payload, seconds, cap)
 
-    def _check_alive(self) -> None:
+    def _check_alive(self, settle: float = 1.0) -> None:
         """Raise `InfraError` if the container stopped (killed from outside, the daemon restarted):
-        a command cut short that way says nothing about what it ran."""
-        try:
-            self.container.reload()
-            running = self.container.status == "running"
-        except docker.errors.NotFound:
-            running = False
-        except docker.errors.DockerException as e:
-            raise InfraError(f"cannot inspect {self.container.name}: {e}") from e
-        if not running:
-            self.dead = True
-            raise InfraError(f"sandbox {self.container.name} stopped during a command")
+        a command cut short that way says nothing about what it ran. The daemon may report a
+        killed container as running for a moment after the exec's stream closed: polled up to `settle` s."""
+        deadline = time.monotonic() + settle
+        while True:
+            try:
+                self.container.reload()
+                running = self.container.attrs["State"]["Running"]
+            except docker.errors.NotFound:
+                running = False
+            except docker.errors.DockerException as e:
+                raise InfraError(f"cannot inspect {self.container.name}: {e}") from e
+            if not running:
+                self.dead = True
+                raise InfraError(f"sandbox {self.container.name} stopped during a command")
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.1)
 
     def _pids_exhausted(self) -> bool:
         try:

@@ -87,4 +87,5 @@ def patch_reward(prompt: str, response: str, metadata: dict[str, Any]) -> dict[s
         "patch_method": result.patch_method,
         "seconds": result.seconds,
         "error": result.error,
+        "attempts": result.attempts,
     }

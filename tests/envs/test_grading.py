@@ -2,9 +2,13 @@
 
 import json
 import math
+import os
 import subprocess
 import tarfile
+import threading
+import time
 
+import docker.errors
 import pytest
 
 from cispo.envs import engine, sandbox
@@ -13,6 +17,8 @@ from cispo.envs.grading import grade
 from cispo.envs.repo import snapshot
 from cispo.envs.swe import patch_reward, render_patch_prompt
 from cispo.envs.pool import SandboxPool, set_shared_pool
+from cispo.envs.sandbox import LABEL
+from cispo.reward.worker import normalise_result
 
 FORCE_PASS = """import pytest
 
@@ -108,6 +114,54 @@ def test_broken_task_and_dead_daemon_are_infra_errors(synthetic, pool, tmp_path,
         monkeypatch.setattr(sandbox, "connect", lambda: engine.connect(dead))
         res = grade(task, task.patch, fresh)
     assert res.status == "infra_error" and math.isnan(res.reward) and "no Docker engine answers" in res.error
+
+
+def _kill_during_tests(times: int) -> threading.Thread:
+    """Docker-kill (for real) each of this process's sandboxes once pytest runs in it, `times` times."""
+
+    def killer():
+        killed = set()
+        while len(killed) < times:
+            for c in engine.connect().containers.list(filters={"label": [LABEL, f"{LABEL}.pid={os.getpid()}"]}):
+                if c.id not in killed and c.status == "running" and "pytest" in json.dumps(_top(c)):
+                    c.kill()
+                    killed.add(c.id)
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    return thread
+
+
+def _top(container) -> dict:
+    try:
+        return container.top()
+    except docker.errors.APIError:  # stopped between the listing and now
+        return {}
+
+
+@pytest.mark.slow
+def test_container_killed_mid_grading_is_retried_once_then_masked(synthetic):
+    task = synthetic["synthetic__statkit-1"]
+    slow_gold = task.patch.replace("+    return total(xs) / len(xs)", "+    __import__('time').sleep(2)\n+    return total(xs) / len(xs)")
+    slow_gold = slow_gold.replace("@@ -3,4 +3,4 @@", "@@ -3,4 +3,5 @@")
+    with SandboxPool(max_concurrency=1) as fresh:
+        set_shared_pool(fresh)
+        assert grade(task, slow_gold, fresh).status == "resolved"  # the slow patch alone is fine
+
+        killer = _kill_during_tests(times=1)
+        once = grade(task, slow_gold, fresh)
+        killer.join(5)
+        assert (once.status, once.reward, once.attempts) == ("resolved", 1.0, 2)
+
+        killer = _kill_during_tests(times=2)
+        twice = patch_reward("", f"```diff\n{slow_gold}```", task.to_row())
+        killer.join(5)
+        assert twice["status"] == "infra_error" and math.isnan(twice["score"]) and twice["attempts"] == 2
+        assert "stopped during a command" in twice["error"]
+        masked = normalise_result(twice, "patch_reward")  # what the reward worker makes of it
+        assert masked.score is None and masked.details["status"] == "infra_error"
+        assert fresh.stats.reset_failures >= 3  # every killed container was replaced, not reused
 
 
 def test_patch_reward_single_shot(synthetic, pool):
