@@ -64,6 +64,12 @@ class RolloutConfig:
     # Async driver: scoring calls kept in flight at once (each spread over the reward workers), so a
     # generate call's groups are scored as soon as it returns, beside the scoring of earlier calls.
     scoring_calls_in_flight: int = 4
+    # Async driver: partial rollouts. Responses are generated in segments of partial_segment_tokens;
+    # an engine takes weights pushed meanwhile between segments, so an unfinished response goes on
+    # under the new version (prompt + its tokens so far as the prompt; earlier tokens keep their
+    # behaviour log-probs). Each sample records its version spans; its staleness is its oldest span's.
+    partial_rollouts: bool = False
+    partial_segment_tokens: int = 4
     # Engine actors that die (process killed, node lost) are replaced, their prompts issued again,
     # up to this many times in a job; one more death fails the job.
     max_restarts: int = 3
@@ -299,4 +305,7 @@ def validate(cfg: Config) -> Config:
     _check(tr.max_restarts >= 0, "trainer.max_restarts", "must be >= 0")
     _check(r.max_restarts >= 0, "rollout.max_restarts", "must be >= 0")
     _check(r.scoring_calls_in_flight >= 1, "rollout.scoring_calls_in_flight", "must be >= 1")
+    _check(r.partial_segment_tokens >= 1, "rollout.partial_segment_tokens", "must be >= 1")
+    _check(not (r.partial_rollouts and tr.max_staleness == 0), "rollout.partial_rollouts",
+           "needs the async driver (trainer.max_staleness >= 1): the synchronous one pushes no weights mid-generation")
     return cfg
