@@ -24,10 +24,27 @@ _CALL = re.compile(re.escape(CALL_OPEN) + r"(.*?)" + re.escape(CALL_CLOSE), re.D
 REPO = "/workspace/repo"
 _EDITOR = (Path(__file__).parent / "editor_script.py").read_text()
 
+# The bash tool is one shell session per episode: the working directory and exported
+# variables carry from call to call. Each call is still its own process group under
+# the runner (hard timeout, output cap, nothing left running), so the session is its
+# state, saved on exit to SHELL_STATE (wiped with /tmp by the pool's reset) and
+# restored before the next command. A command killed at its timeout saves nothing:
+# the session restarts from the state before it, and the observation says so.
+SHELL_STATE = "/tmp/.cispo-shell-state"
+_SHELL = r"""
+[ -f "$1" ] && . "$1"
+__cispo_state=$1
+__cispo_save() { export -n SHLVL; export -p; printf 'cd -- %q 2>/dev/null\n' "$PWD"; }
+trap '__cispo_rc=$?; __cispo_save > "$__cispo_state.new" && mv -f "$__cispo_state.new" "$__cispo_state"; exit $__cispo_rc' EXIT
+eval "$2"
+"""
+_RESTARTED = " (the shell was restarted: working directory and exported variables are as before this command)"
+
 TOOL_DOCS = f"""You can use these tools. Call one per turn, exactly like this:
 {CALL_OPEN}{{"name": "bash", "arguments": {{"command": "ls"}}}}{CALL_CLOSE}
 
-- bash(command): run a shell command in the repository root ({REPO}); no network.
+- bash(command): run a command in a shell session that starts in the repository root
+  ({REPO}); cd and exported variables persist between calls; no network.
 - str_replace_editor(command, path, ...): command is one of
     view (path; optional view_range [start, end]),
     create (path, file_text),
@@ -82,8 +99,9 @@ def run_tool(call: ToolCall, sb: Sandbox, timeout: float, output_cap: int) -> Ob
         command = call.arguments.get("command")
         if not isinstance(command, str) or not command.strip():
             return Observation("error: bash needs a non-empty 'command' string")
-        res = sb.exec(["bash", "-c", command], timeout=timeout, workdir=REPO, output_cap=output_cap)
-        status = f"[timed out after {timeout:g} s]" if res.timed_out else f"[exit code {res.exit_code}]"
+        res = sb.exec(["bash", "-c", _SHELL, "bash", SHELL_STATE, command], timeout=timeout, workdir=REPO,
+                      output_cap=output_cap)
+        status = f"[timed out after {timeout:g} s]{_RESTARTED}" if res.timed_out else f"[exit code {res.exit_code}]"
         sep = "" if not res.output or res.output.endswith("\n") else "\n"
         return Observation(f"{res.output}{sep}{status}")
     if call.name == "str_replace_editor":

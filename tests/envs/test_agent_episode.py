@@ -8,7 +8,8 @@ from tokenizers import ByteLevelBPETokenizer
 from transformers import PreTrainedTokenizerFast
 
 from cispo.envs.agent import AgentConfig, render_prompt, run_episode
-from cispo.envs.agent_tools import TOOL_DOCS
+from cispo.envs.agent_tools import REPO, TOOL_DOCS, ToolCall, run_tool
+from cispo.envs.repo import snapshot
 from cispo.types import Completion, SamplingParams
 
 
@@ -102,3 +103,25 @@ def test_infra_error_is_masked(synthetic, pool, tokenizer, tmp_path):
     assert res.status == "infra_error" and math.isnan(res.reward) and res.finish_reason == "env_error"
     sample = res.to_sample("s1", "g1")
     assert not sample.trainable and sample.reward_error
+
+
+def test_bash_is_one_shell_session_per_episode(synthetic, pool):
+    """cd and exported variables carry over; a timed-out command restarts the session from
+    the state before it (and says so); the next episode starts fresh."""
+    task = synthetic["synthetic__statkit-1"]
+
+    def bash(sb, command, timeout=10):
+        return run_tool(ToolCall("bash", {"command": command}), sb, timeout=timeout, output_cap=4096).text
+
+    with pool.sandbox() as sb:
+        sb.write_tar(snapshot(task.repo_path, task.base_commit))
+        assert bash(sb, "pwd").startswith(f"{REPO}\n")
+        assert bash(sb, "cd statkit && export GREETING='hi there' && LOCAL=1") == "[exit code 0]"
+        assert bash(sb, 'pwd; echo "$GREETING"; echo "[$LOCAL]"; exit 3') == f"{REPO}/statkit\nhi there\n[]\n[exit code 3]"
+        timed_out = bash(sb, "cd /tmp && export GREETING=lost && sleep 100", timeout=1)
+        assert timed_out.startswith("[timed out after 1 s] (the shell was restarted")
+        assert bash(sb, 'pwd; echo "$GREETING"') == f"{REPO}/statkit\nhi there\n[exit code 0]"
+    for _ in range(2):  # the next episodes (the pool's reset wiped the state): a fresh session
+        with pool.sandbox() as sb:
+            sb.write_tar(snapshot(task.repo_path, task.base_commit))
+            assert bash(sb, 'pwd; echo "[$GREETING]"') == f"{REPO}\n[]\n[exit code 0]"
