@@ -61,6 +61,10 @@ class Sample:
     reward_details: dict[str, Any] = field(default_factory=dict)
     reward_error: str | None = None  # set when scoring failed; the sample is then masked
     advantage: float = 0.0
+    # Partial rollouts: (policy version, token count) of each run of response tokens sampled by one
+    # version, in order. Empty: every token was sampled by `policy_version`. With spans,
+    # `policy_version` is the oldest span's version: staleness is measured by the oldest token.
+    version_spans: list[tuple[int, int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.loss_mask:
@@ -71,6 +75,16 @@ class Sample:
                 f"behaviour_logprobs ({len(self.behaviour_logprobs)}) and loss_mask "
                 f"({len(self.loss_mask)}) must have the same length"
             )
+        if self.version_spans:
+            self.set_version_spans(self.version_spans)
+
+    def set_version_spans(self, spans: list[tuple[int, int]]) -> None:
+        """Record which version sampled which tokens; `policy_version` becomes the oldest."""
+        if sum(n for _, n in spans) != len(self.response_ids):
+            raise ValueError(f"sample {self.sample_id}: version_spans {spans} cover "
+                             f"{sum(n for _, n in spans)} tokens, the response has {len(self.response_ids)}")
+        self.version_spans = [tuple(span) for span in spans]
+        self.policy_version = min(v for v, _ in spans)
 
     @property
     def trainable(self) -> bool:

@@ -115,3 +115,16 @@ def test_random_schedule_never_loses_nor_duplicates_and_respects_the_bound():
 def test_resume_skips_consumed_prompts_and_reissues_unconsumed_ones():
     buf = RolloutBuffer(prompts_per_step=2, max_staleness=1, watermark=4, consumed_above={5, 7})
     assert buf.issue(4) == [4, 6, 8, 9]
+
+
+def test_partial_rollout_group_is_as_old_as_its_oldest_token_span():
+    """A response begun by version 0 and finished by version 2 counts as version 0 for staleness."""
+    gid = "partial"
+    samples = [Sample(f"{gid}-{k}", gid, [1], [2, 3, 4], [-0.5] * 3, "stop", 2, version_spans=[(0, 1), (2, 2)])
+               for k in range(2)]
+    assert [s.policy_version for s in samples] == [0, 0]
+    buf = RolloutBuffer(prompts_per_step=1, max_staleness=1)
+    (index,) = buf.issue(1)
+    buf.complete(index, Group(gid, samples))
+    assert buf.take(step=2) is None  # 2 - 0 > 1 although most of its tokens are version 2
+    assert buf.issue(1) == [index]  # re-issued, not trained
