@@ -7,6 +7,7 @@ gives it from position t), so shapes are [B, L-1].
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -18,17 +19,24 @@ from cispo.types import Sample
 class TrainBatch:
     input_ids: torch.Tensor  # (B, L) prompt + response, right-padded with pad_id
     attention_mask: torch.Tensor  # (B, L) 1 on real tokens
-    old_logp: torch.Tensor  # (B, L-1) behaviour log-prob of each target token; 0 off-response
+    old_logp: torch.Tensor  # (B, L-1) the loss's pi_old log-prob of each target token; 0 off-response
     loss_mask: torch.Tensor  # (B, L-1) 1 on trained response targets
     advantages: torch.Tensor  # (B,) one advantage per sample
+    # (B, L-1) the sampler's log-probs: equal to old_logp unless the learner recomputed that
+    # (`with_old_logp`); the train/inference mismatch metrics always compare these with the learner's.
+    sampler_logp: torch.Tensor
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
     def chunks(self, n: int) -> list["TrainBatch"]:
         """`n` row chunks of sizes differing by at most one (some empty when n > len)."""
-        fields = (self.input_ids, self.attention_mask, self.old_logp, self.loss_mask, self.advantages)
+        fields = [getattr(self, f.name) for f in dataclasses.fields(self)]
         return [TrainBatch(*parts) for parts in zip(*(torch.tensor_split(t, n) for t in fields))]
+
+    def with_old_logp(self, old_logp: torch.Tensor) -> "TrainBatch":
+        """This batch with the loss's pi_old replaced by `old_logp` (B, L-1) on trained tokens (0 elsewhere)."""
+        return dataclasses.replace(self, old_logp=torch.where(self.loss_mask > 0, old_logp, torch.zeros_like(old_logp)))
 
 
 def make_batch(samples: list[Sample], pad_id: int) -> TrainBatch:
@@ -48,7 +56,7 @@ def make_batch(samples: list[Sample], pad_id: int) -> TrainBatch:
         if s.trainable:
             loss_mask[i, p - 1 : p - 1 + r] = torch.tensor(s.loss_mask, dtype=torch.float32)
     advantages = torch.tensor([s.advantage for s in samples], dtype=torch.float32)
-    return TrainBatch(input_ids, attention_mask, old_logp, loss_mask, advantages)
+    return TrainBatch(input_ids, attention_mask, old_logp, loss_mask, advantages, sampler_logp=old_logp.clone())
 
 
 def sft_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> TrainBatch:

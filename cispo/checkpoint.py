@@ -2,14 +2,14 @@
 
     output_dir/checkpoints/step_000020/
         hf/                  HF model + tokenizer: loads in transformers and vLLM
-        trainer_state.json   step, policy version, next prompt index
+        trainer_state.json   step, policy version, next prompt index, length curriculum
     output_dir/checkpoints/deepspeed/step_000020/   DeepSpeed weights + optimizer, per rank
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 
@@ -18,6 +18,7 @@ class TrainState:
     step: int = 0  # RL steps done
     version: int = 0  # policy version the engines sample with (= RL steps done)
     next_prompt: int = 0  # index of the next training prompt of the task's stream
+    curriculum: dict = field(default_factory=dict)  # the length curriculum's stage and metric history
 
 
 def checkpoint_dir(output_dir: str | Path, step: int) -> Path:

@@ -18,6 +18,7 @@ import ray
 from cispo.batch import sft_batch
 from cispo.checkpoint import TrainState, checkpoint_dir, deepspeed_dir, latest_checkpoint, tag, write_state
 from cispo.config import Config, resume_mode
+from cispo.diagnostics import pass_at_k
 from cispo.learner_group import LearnerGroup
 from cispo.policy import create_policy
 from cispo.reward.pool import RewardPool
@@ -127,15 +128,34 @@ class Job:
         return {"sft/loss_first": losses[0], "sft/loss_last": losses[-1]} if losses else {}
 
     def evaluate(self) -> dict[str, float]:
-        """Greedy accuracy on the task's held-out prompts."""
+        """The task's held-out prompts: greedy accuracy and, with trainer.eval_samples = n > 0,
+        pass@k of n samples per prompt at the training temperature (unbiased estimator, Chen et
+        al. 2021) for k = 1, 2, 4, ..., n. A response passes as in training: the reward's
+        `pass` detail, else a score of 1. Failed scorings count in eval/errors, never as passes."""
+        r, n = self.cfg.rollout, self.cfg.trainer.eval_samples
         rows = self.task.eval_rows()
-        params = SamplingParams(n=1, temperature=0.0, max_tokens=self.cfg.rollout.max_new_tokens,
-                                stop_token_ids=(self.tokenizer.eos_token_id,))
-        completions = self.rollout.generate([self.tokenizer(r.prompt).input_ids for r in rows], params)
-        texts = [self.tokenizer.decode(c[0].token_ids, skip_special_tokens=True) for c in completions]
-        results = self.rewards.score_items([(r.prompt, t, r.metadata) for r, t in zip(rows, texts)])
-        scores = [r.score for r in results if r.error is None]
-        return {"eval/greedy_reward": sum(scores) / max(len(scores), 1), "eval/errors": len(rows) - len(scores)}
+        greedy = self._eval_results(rows, SamplingParams(n=1, temperature=0.0, max_tokens=r.max_new_tokens,
+                                                         stop_token_ids=(self.tokenizer.eos_token_id,)))
+        scores = [res.score for per_row in greedy for res in per_row if res.error is None]
+        out = {"eval/greedy_reward": sum(scores) / max(len(scores), 1), "eval/errors": len(rows) - len(scores)}
+        if n:
+            sampled = self._eval_results(rows, SamplingParams(
+                n=n, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, max_tokens=r.max_new_tokens,
+                stop_token_ids=(self.tokenizer.eos_token_id,)))
+            correct = [sum(res.error is None and bool(res.details.get("pass", res.score == 1.0)) for res in per_row)
+                       for per_row in sampled]
+            for k in sorted({2**i for i in range(n.bit_length()) if 2**i <= n} | {n}):
+                out[f"eval/pass@{k}"] = statistics.fmean(pass_at_k(n, c, k) for c in correct)
+            out["eval/errors"] += sum(res.error is not None for per_row in sampled for res in per_row)
+        return out
+
+    def _eval_results(self, rows, params: SamplingParams) -> list[list]:
+        """Generate `params.n` responses per row and score them: per row, its `RewardResult`s."""
+        completions = self.rollout.generate([self.tokenizer(row.prompt).input_ids for row in rows], params)
+        items = [(row.prompt, self.tokenizer.decode(c.token_ids, skip_special_tokens=True), row.metadata)
+                 for row, cs in zip(rows, completions) for c in cs]
+        results = self.rewards.score_items(items)
+        return [results[i * params.n:(i + 1) * params.n] for i in range(len(rows))]
 
     def save(self) -> Path:
         """HF model + tokenizer, DeepSpeed state and the trainer state of the current step."""

@@ -123,7 +123,7 @@ class Learner:
                 metrics["entropy"] = float((entropy_from_logits(logits) * mb.loss_mask).sum()) / max(tokens, 1.0)
                 accumulate_metrics(sums, metrics, tokens)
                 _add(sums, {"tokens": tokens})
-                mismatch = mismatch_sums(mb.old_logp, logp, mb.loss_mask).tolist()
+                mismatch = mismatch_sums(mb.sampler_logp, logp, mb.loss_mask).tolist()
                 sums["mismatch_sums"] = [a + b for a, b in zip(sums.get("mismatch_sums", [0.0] * 7), mismatch)]
                 # Summed over micro-batches and ranks this is exactly the full-batch loss.
                 _add(sums, {"loss": float(loss) / self.world_size})

@@ -7,6 +7,7 @@ import statistics
 import torch
 
 from cispo.collect import Rollouts
+from cispo.controls import length_percentile
 from cispo.diagnostics import mismatch_stats
 
 
@@ -23,11 +24,13 @@ def rollout_metrics(r: Rollouts) -> dict[str, float]:
         "reward/error_frac": (len(samples) - len(scored)) / max(len(samples), 1),
         "rollout/response_len_mean": statistics.fmean(lengths) if lengths else 0.0,
         "rollout/response_len_max": float(max(lengths, default=0)),
+        "rollout/response_len_p99": length_percentile(lengths) if lengths else 0.0,
         "rollout/groups": float(len(r.groups)),
         "rollout/dropped_zero_variance_groups": float(r.dropped_groups),
         "rollout/sampling_rounds": float(r.rounds),
         "perf/generate_s": r.generate_s,
         "perf/reward_s": r.reward_s,
+        **r.controls,
     }
     for reason in ("stop", "length", "repetition", "env_error"):
         out[f"rollout/finish_{reason}_frac"] = sum(s.finish_reason == reason for s in samples) / max(len(samples), 1)

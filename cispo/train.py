@@ -9,25 +9,20 @@ from __future__ import annotations
 
 import time
 
-from cispo.batch import make_batch
 from cispo.collect import collect
 from cispo.config import Config
+from cispo.curriculum import JobCurriculum
 from cispo.diagnostics import mismatch_alarm
 from cispo.job import Job
 from cispo.step_metrics import learner_metrics, rollout_metrics
 from cispo.trained_samples import TrainedSamplesLog
-
-
-def loss_params(cfg: Config) -> dict:
-    a = cfg.algo
-    params = dict(eps_low_is=a.eps_low_is, eps_high_is=a.eps_high_is, clip_low=a.clip_low,
-                  clip_high=a.clip_high, loss_agg=a.loss_agg, max_tokens=cfg.rollout.max_new_tokens)
-    return {k: v for k, v in params.items() if v is not None}  # None: the loss's own default
+from cispo.update import learner_update, loss_params  # noqa: F401 - loss_params: imported from here by tests
 
 
 def train(cfg: Config, learner_restarts: int = 0) -> dict[str, float]:
     job = Job(cfg, learner_restarts)
     tc, tracker = cfg.trainer, job.tracker
+    curriculum = JobCurriculum(cfg, job.state)
     trained_log = TrainedSamplesLog(job.out, job.state.step if job.resumed else None)
     rewards_per_step: list[float] = []
     samples_total, wall = 0, 0.0
@@ -38,9 +33,8 @@ def train(cfg: Config, learner_restarts: int = 0) -> dict[str, float]:
             t0 = time.perf_counter()
             prompt_start = job.state.next_prompt
             rollouts = collect(cfg, job.next_rows, job.rollout, job.rewards, job.tokenizer)
-            batch = make_batch(rollouts.samples, job.tokenizer.pad_token_id)
             t1 = time.perf_counter()
-            learned = job.learner.train_step(batch, loss_params(cfg))
+            learned = learner_update(job.learner, rollouts.samples, cfg, job.tokenizer.pad_token_id)
             t2 = time.perf_counter()
             push_s = job.push_weights(version=step + 1)
             job.state.step = step + 1
@@ -56,6 +50,7 @@ def train(cfg: Config, learner_restarts: int = 0) -> dict[str, float]:
                                    min_corr=cfg.algo.mismatch_alarm)
             if alarm:
                 tracker.alert("train/inference mismatch", alarm)
+            metrics.update(curriculum.step(metrics))  # the response cap of the next step
             # Without dynamic sampling every prompt consumed is trained; with it, the dropped ones are counted.
             trained_log.record(job.state.step, list(range(prompt_start, job.state.next_prompt)), rollouts.samples)
             if tc.eval_every and job.state.step % tc.eval_every == 0:

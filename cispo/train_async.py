@@ -28,15 +28,15 @@ import time
 from pathlib import Path
 
 from cispo.async_rollout import RolloutProducer
-from cispo.batch import make_batch
 from cispo.checkpoint import checkpoint_dir, latest_checkpoint
-from cispo.collect import Rollouts, assign_advantages
+from cispo.collect import Rollouts, prepare_groups, sampling_params
 from cispo.config import Config
+from cispo.curriculum import JobCurriculum
 from cispo.job import Job
 from cispo.rollout_buffer import RolloutBuffer
 from cispo.step_metrics import learner_metrics, rollout_metrics
-from cispo.train import loss_params
 from cispo.trained_samples import TRAINED_SAMPLES_FILE, TrainedSamplesLog  # noqa: F401 - tests read the file by it
+from cispo.update import learner_update
 
 PROMPTS_FILE = "async_prompts.json"  # in a checkpoint directory: consumed prompts above the watermark
 
@@ -45,6 +45,7 @@ def train_async(cfg: Config, learner_restarts: int = 0) -> dict[str, float]:
     job = Job(cfg, learner_restarts)
     tc, tracker = cfg.trainer, job.tracker
     buffer = restore_buffer(job)
+    curriculum = JobCurriculum(cfg, job.state)  # before the producer: it samples with the stage's cap
     trained_log = TrainedSamplesLog(job.out, job.state.step if job.resumed else None)
     rewards_per_step: list[float] = []
     samples_total, wall = 0, 0.0
@@ -57,18 +58,17 @@ def train_async(cfg: Config, learner_restarts: int = 0) -> dict[str, float]:
             t0 = time.perf_counter()
             producer.refill(steps_taken=step)  # the engines generate ahead while the learner trains below
             taken = producer.take(step)  # the oldest groups with step - version <= max_staleness
-            assign_advantages(taken.groups, cfg.algo.advantage)
+            controls = prepare_groups(taken.groups, cfg)
             samples = [s for g in taken.groups for s in g.samples]
-            batch = make_batch(samples, job.tokenizer.pad_token_id)
             t1 = time.perf_counter()
-            learned = job.learner.train_step(batch, loss_params(cfg))
+            learned = learner_update(job.learner, samples, cfg, job.tokenizer.pad_token_id)
             t2 = time.perf_counter()
             push_s = job.push_weights(version=step + 1)  # queues behind the generation issued before it
             job.state.step, job.state.next_prompt = step + 1, buffer.watermark
             step_s = time.perf_counter() - t0
             generate_s, reward_s = producer.timings()
             staleness = [step - s.policy_version for s in samples]
-            rollouts = Rollouts(taken.groups, generate_s, reward_s, dropped_groups=taken.dropped)
+            rollouts = Rollouts(taken.groups, generate_s, reward_s, dropped_groups=taken.dropped, controls=controls)
             metrics = {**rollout_metrics(rollouts), **learner_metrics(learned), **job.fault_metrics(),
                        "rollout/staleness_mean": statistics.fmean(staleness),
                        "rollout/staleness_max": float(max(staleness)),
@@ -80,6 +80,8 @@ def train_async(cfg: Config, learner_restarts: int = 0) -> dict[str, float]:
                        # Consumption is out of order: every prompt below next_prompt is consumed.
                        "data/prompts_trained": float(len(taken.prompt_indices)),
                        "data/next_prompt": float(buffer.watermark)}
+            metrics.update(curriculum.step(metrics))
+            producer.params = sampling_params(cfg, job.tokenizer.eos_token_id)  # the curriculum's cap from now on
             trained_log.record(job.state.step, taken.prompt_indices, samples)
             if tc.eval_every and job.state.step % tc.eval_every == 0:
                 metrics.update(job.evaluate())

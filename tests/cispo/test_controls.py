@@ -146,3 +146,90 @@ def test_curriculum_plateau_is_a_range_so_a_rising_metric_works_too():
     moved = [cur.update(10, r) for r in rewards]
     assert moved == [False] * 6 + [True]  # last four: 0.62 .. 0.68 span 0.06 ≤ 0.1
     assert cur.cap == 20
+
+
+# --------------------------------------------------------------------------- the drivers' wiring
+
+
+def _group(lengths: list[int], rewards: list[float], finish: list[str]) -> Group:
+    samples = [Sample(sample_id=str(i), group_id="g", prompt_ids=[1], response_ids=[5] * n,
+                      behaviour_logprobs=[-1.0] * n, finish_reason=f, policy_version=0, reward=r)
+               for i, (n, r, f) in enumerate(zip(lengths, rewards, finish))]
+    return Group("g", samples)
+
+
+def _cfg(**algo):
+    from cispo.config import Config
+
+    cfg = Config()
+    cfg.rollout.max_new_tokens = 8
+    for key, value in algo.items():
+        setattr(cfg.algo, key, value)
+    return cfg
+
+
+def test_prepare_groups_shapes_the_advantages_not_the_reward_and_masks_truncated():
+    from cispo.collect import prepare_groups
+
+    # Equal task rewards: no signal, except what the overlong penalty adds. Cap 8, buffer 4.
+    group = _group([3, 6, 8, 8], [1.0, 1.0, 1.0, 1.0], ["stop", "stop", "stop", "length"])
+    metrics = prepare_groups([group], _cfg(overlong_buffer=4, overlong_penalty=1.0, mask_truncated=True))
+    penalties = [0.0, -0.5, -1.0, -1.0]
+    expected = compute_advantages("grpo", torch.tensor([[1.0 + p for p in penalties]], dtype=torch.float64))[0]
+    assert [s.advantage for s in group.samples] == pytest.approx(expected.tolist())
+    assert [s.reward for s in group.samples] == [1.0] * 4  # the task's score is kept
+    assert [sum(s.loss_mask) for s in group.samples] == [3, 6, 8, 0]  # only the "length" one is masked
+    assert metrics == {"reward/overlong_penalty_mean": pytest.approx(-2.5 / 4),
+                       "reward/overlong_penalized_frac": 0.75, "rollout/truncated_masked": 1.0}
+
+
+def test_prepare_groups_with_the_controls_off_is_plain_advantages():
+    from cispo.collect import prepare_groups
+
+    group = _group([3, 8], [0.0, 1.0], ["stop", "length"])
+    metrics = prepare_groups([group], _cfg())
+    assert [s.advantage for s in group.samples] == pytest.approx([-1 / 2**0.5, 1 / 2**0.5], rel=1e-5)
+    assert [sum(s.loss_mask) for s in group.samples] == [3, 8]
+    assert metrics == {"reward/overlong_penalty_mean": 0.0, "reward/overlong_penalized_frac": 0.0,
+                       "rollout/truncated_masked": 0.0}
+
+
+def test_job_curriculum_sets_the_cap_and_resumes_from_the_train_state():
+    from cispo.checkpoint import TrainState
+    from cispo.curriculum import JobCurriculum
+
+    cfg = _cfg(curriculum_caps=[4, 6, 8], curriculum_window=2, curriculum_min_delta=0.05, curriculum_near_cap=0.9)
+    state = TrainState()
+    curriculum = JobCurriculum(cfg, state)
+    assert cfg.rollout.max_new_tokens == 4  # the first stage replaces the configured cap
+    caps = [curriculum.step({"rollout/response_len_p99": p99, "reward/mean": r})["rollout/max_new_tokens"]
+            for p99, r in [(4, 0.5), (4, 0.9), (4, 0.91)]]  # not plateaued, then plateaued at the cap
+    assert caps == [4.0, 4.0, 6.0] and cfg.rollout.max_new_tokens == 6
+    assert state.curriculum == {"stage": 1, "history": []}
+
+    again = _cfg(curriculum_caps=[4, 6, 8])
+    JobCurriculum(again, TrainState(**{**state.__dict__}))
+    assert again.rollout.max_new_tokens == 6  # resumed at its stage
+    with pytest.raises(KeyError, match="algo.curriculum_metric 'reward/mean' is not a per-step metric"):
+        curriculum.step({"rollout/response_len_p99": 6.0})
+
+
+def test_job_curriculum_off_logs_the_configured_cap():
+    from cispo.checkpoint import TrainState
+    from cispo.curriculum import JobCurriculum
+
+    cfg = _cfg()
+    assert JobCurriculum(cfg, TrainState()).step({}) == {"rollout/max_new_tokens": 8.0,
+                                                         "rollout/curriculum_raised": 0.0}
+
+
+def test_recomputed_old_logp_keeps_the_sampler_logp_for_the_mismatch():
+    from cispo.batch import make_batch
+
+    sample = Sample(sample_id="a", group_id="g", prompt_ids=[1, 2], response_ids=[3, 4],
+                    behaviour_logprobs=[-0.5, -0.7], finish_reason="stop", policy_version=0, reward=1.0)
+    batch = make_batch([sample], pad_id=0)
+    recomputed = batch.with_old_logp(torch.full_like(batch.old_logp, -0.1))
+    assert recomputed.old_logp[0].tolist() == pytest.approx([0.0, -0.1, -0.1])  # response targets only
+    assert recomputed.sampler_logp[0].tolist() == pytest.approx([0.0, -0.5, -0.7])
+    assert [len(c) for c in recomputed.chunks(2)] == [1, 0]  # the new field travels with the chunks
