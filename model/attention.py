@@ -26,9 +26,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+        return self.weight * F.rms_norm(x.float(), self.weight.shape, eps=self.eps).to(x.dtype)
 
 
 class LightningAttention(nn.Module):
@@ -52,8 +50,10 @@ class LightningAttention(nn.Module):
         q, k, v = qkv.split(self.head_dim, dim=-1)  # (T, H, d) each
         if ctx.decoding:
             states = ctx.cache.state[self.layer_idx]  # (slots, H, d, d) FP32
-            out, new_states = decode_step(q, k, v, states[ctx.slots], self.slope)
-            states[ctx.slots] = new_states
+            rows = states[ctx.slots]  # a view when slots is a slice: updated in place
+            out = decode_step(q, k, v, rows, self.slope)
+            if not isinstance(ctx.slots, slice):  # rows was a gathered copy: write it back
+                states[ctx.slots] = rows
         else:
             out, final = lightning_attention(q, k, v, self.slope, ctx.layout, return_state=ctx.cache is not None)
             if ctx.cache is not None:
@@ -134,8 +134,11 @@ class SoftmaxAttention(nn.Module):
         if not isinstance(ctx.slots, slice):  # kp, vp were gathered copies: write the new K/V back too
             ctx.cache.keys[self.layer_idx][ctx.slots, :, pos] = k
             ctx.cache.values[self.layer_idx][ctx.slots, :, pos] = v
-        visible = torch.arange(L, device=q.device)[None, :] <= pos[:, None]  # (N, L)
-        out = F.scaled_dot_product_attention(
-            q[:, :, None], kp, vp, attn_mask=visible[:, None, None, :], enable_gqa=True
-        )  # (N, H, 1, d)
-        return out.squeeze(2)
+        # One query per sequence: plain batched matmuls beat SDPA's flash kernel here (measured
+        # 3 ms per call for 32 x 1 queries, its blocking is built for long query runs).
+        N, KVH = q.shape[0], self.num_kv_heads
+        scores = torch.matmul(q.view(N, KVH, -1, self.head_dim), kp.transpose(-1, -2))  # (N, KVH, H/KVH, L)
+        hidden = torch.arange(L, device=q.device)[None, :] > pos[:, None]  # (N, L) beyond each slot's length
+        scores = (scores * self.head_dim**-0.5).masked_fill(hidden[:, None, None, :], float("-inf"))
+        out = torch.matmul(scores.float().softmax(dim=-1).to(vp.dtype), vp)  # (N, KVH, H/KVH, d)
+        return out.reshape(N, self.num_heads, self.head_dim)

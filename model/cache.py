@@ -36,6 +36,14 @@ class DecodeCache:
                 self.keys[i] = torch.zeros(num_slots, KVH, max_len, d, dtype=dtype, device=device)
                 self.values[i] = torch.zeros(num_slots, KVH, max_len, d, dtype=dtype, device=device)
 
+    def copy_slots(self, src: torch.Tensor, dst: torch.Tensor) -> None:
+        """Give slots `dst` (N,) the decoding state of slots `src` (N,): n samples of one prompt
+        share its prefill."""
+        for table in (self.state, self.keys, self.values):
+            for rows in table.values():
+                rows[dst] = rows[src]
+        self.lengths[dst] = self.lengths[src]
+
 
 def as_rows(slots: torch.Tensor) -> torch.Tensor | slice:
     """Consecutive slot numbers as a slice, so cache reads and writes are views."""

@@ -105,14 +105,15 @@ def _entering_states(kv: torch.Tensor, block_doc: torch.Tensor, g: torch.Tensor)
     return entering.masked_fill(starts_doc[None, :, None, None], 0.0)
 
 
-def decode_step(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor, slope: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One token per sequence: S <- exp(-s) S + k^T v, o = q S.
+def decode_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
+    """One token per sequence: S <- exp(-s) S + k^T v, o = q S, updating `state` in place.
 
-    q, k, v: (N, H, d); state: (N, H, d, d) FP32. Returns o (N, H, d) in q's dtype and the new state.
+    q, k, v: (N, H, d); state: (N, H, d, d) FP32 and contiguous (the cache rows of the
+    N sequences, or a copy of them). Returns o (N, H, d) in q's dtype. In place and as
+    three batched kernels because this runs once per layer per generated token.
     """
-    decay = torch.exp(-slope.float().to(q.device))[None, :, None, None]  # (1, H, 1, 1)
-    state = decay * state + k.float()[..., :, None] * v.float()[..., None, :]  # (N, H, d, d)
-    out = torch.matmul(q.float()[..., None, :], state).squeeze(-2)  # (N, H, d)
-    return out.to(q.dtype), state
+    N, H, d = q.shape
+    state.mul_(torch.exp(-slope.float())[:, None, None])  # (H, 1, 1) decay per head
+    flat = state.view(N * H, d, d)
+    flat.baddbmm_(k.float().reshape(N * H, d, 1), v.float().reshape(N * H, 1, d))
+    return torch.bmm(q.float().reshape(N * H, 1, d), flat).view(N, H, d).to(q.dtype)

@@ -179,7 +179,7 @@ class LightningMoELM(nn.Module):
         p = self.lm_head.weight
         return DecodeCache(self.config, num_slots, max_len, dtype=p.dtype, device=p.device)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def prefill(self, tokens: torch.Tensor, cu_seqlens: torch.Tensor, cache: DecodeCache, slots: torch.Tensor) -> torch.Tensor:
         """Run packed prompts (T,) and store each one's state in its cache slot (D,).
 
@@ -193,7 +193,7 @@ class LightningMoELM(nn.Module):
         cache.lengths[slots] = layout.lengths
         return self.lm_head(hidden[layout.last_token_index()])
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def decode(self, tokens: torch.Tensor, cache: DecodeCache, slots: torch.Tensor) -> torch.Tensor:
         """One new token (N,) for each of `slots` (N,): advance their states, return logits (N, vocab)."""
         positions = cache.lengths[slots]

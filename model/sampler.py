@@ -3,7 +3,9 @@
 Continuous batching over a fixed number of cache slots: every prompt (repeated n
 times) waits in a queue; free slots take the next prompts in one packed prefill, all
 running slots advance one token per batched decode step, and a slot whose sequence
-finishes is handed to the next waiting prompt at once. Each slot's state is one FP32
+finishes is handed to the next waiting prompt at once. Samples of one prompt admitted
+together share its prefill: the prompt runs once and its state is copied to their
+slots (prefill-once). Each slot's state is one FP32
 (H, d, d) matrix per lightning layer plus the K/V of the softmax layers, so memory
 per slot grows only with the softmax layers' context.
 
@@ -27,6 +29,7 @@ from typing import Iterable
 
 import torch
 
+from cispo.model.cache import DecodeCache
 from cispo.model.checkpoint import hf_to_ours
 from cispo.model.modeling import LightningMoELM
 from cispo.model.sampling import choose_tokens
@@ -70,7 +73,7 @@ class Sampler:
             params[name].copy_(value)
         self._version = version
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         """`params.n` completions per prompt, in prompt order."""
         max_ctx = self.model.config.max_position_embeddings
@@ -109,13 +112,10 @@ class Sampler:
         while pending or running:
             if pending and free:
                 admitted = [(free.pop(0), pending.popleft()) for _ in range(min(len(free), len(pending)))]
-                ids = [prompts[requests[r]] for _, r in admitted]
                 for slot, r in admitted:
                     running[slot] = _Running(request=r, prompt_len=len(prompts[requests[r]]))
-                cu = torch.tensor([0] + [len(p) for p in ids], device=device).cumsum(0)
-                flat = torch.tensor([t for p in ids for t in p], device=device)
                 slots = [s for s, _ in admitted]
-                advance(slots, self.model.prefill(flat, cu, cache, torch.tensor(slots, device=device)))
+                advance(slots, self._prefill_once(prompts, [requests[r] for _, r in admitted], slots, cache))
                 continue  # slots freed by one-token completions are refilled before decoding
             slots = sorted(running)
             last = torch.tensor([running[s].tokens[-1] for s in slots], device=device)
@@ -125,6 +125,24 @@ class Sampler:
         for r, prompt_idx in enumerate(requests):
             out[prompt_idx].append(done[r])
         return out
+
+    def _prefill_once(
+        self, prompts: list[list[int]], prompt_of: list[int], slots: list[int], cache: DecodeCache
+    ) -> torch.Tensor:
+        """Prefill each distinct prompt among `prompt_of` once, into the first slot that takes it, and
+        copy that state to its other slots. Returns next-token logits (len(slots), vocab) in slot order."""
+        device = cache.lengths.device
+        distinct = list(dict.fromkeys(prompt_of))  # first-seen order
+        head = {p: slots[prompt_of.index(p)] for p in distinct}  # the slot each prompt is prefilled into
+        ids = [prompts[p] for p in distinct]
+        cu = torch.tensor([0] + [len(p) for p in ids], device=device).cumsum(0)
+        flat = torch.tensor([t for p in ids for t in p], device=device)
+        logits = self.model.prefill(flat, cu, cache, torch.tensor([head[p] for p in distinct], device=device))
+        copies = [(head[p], slot) for p, slot in zip(prompt_of, slots) if head[p] != slot]
+        if copies:
+            cache.copy_slots(*torch.tensor(copies, device=device).T)
+        row = {p: i for i, p in enumerate(distinct)}
+        return logits[torch.tensor([row[p] for p in prompt_of], device=device)]
 
     @staticmethod
     def _finish_reason(seq: _Running, params: SamplingParams, cache_len: int) -> FinishReason | None:

@@ -39,6 +39,7 @@ def choose_tokens(
         return tokens, logits.log_softmax(dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
     scaled = logits / temperature
     logp = scaled.log_softmax(dim=-1)  # (N, V)
-    probs = truncate(scaled, top_k, top_p).softmax(dim=-1)
+    kept = truncate(scaled, top_k, top_p)
+    probs = logp.exp() if kept is scaled else kept.softmax(dim=-1)  # nothing truncated: reuse the log-softmax
     tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (N,)
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)

@@ -16,8 +16,11 @@ from cispo.types import Completion, SamplingParams
 
 
 class BuiltinSamplerWorker:
-    def __init__(self, checkpoint_dir: str, seed: int, max_batch: int = 32, num_threads: int | None = None):
-        """`num_threads`: torch intra-op threads; set it to the actor's CPU share so actors do not oversubscribe."""
+    def __init__(self, checkpoint_dir: str, seed: int, max_batch: int = 256, num_threads: int | None = None):
+        """`max_batch`: sequences decoded together (vLLM's max_num_seqs default, 256): a step's
+        prompts x samples then run as one batch, since each decode step's cost is mostly fixed
+        (reading the weights, per-op dispatch), not per sequence.
+        `num_threads`: torch intra-op threads; set it to the actor's CPU share so actors do not oversubscribe."""
         if num_threads is not None:
             torch.set_num_threads(num_threads)
         torch.manual_seed(seed)

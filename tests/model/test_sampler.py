@@ -66,9 +66,8 @@ def test_output_format_and_logprobs_match_the_learners_computation():
             torch.testing.assert_close(torch.tensor(c.logprobs), expected, atol=1e-4, rtol=0)
 
 
-def test_continuous_batching_refills_slots_and_does_not_change_results():
-    """Greedy results with 2 slots for 10 sequences equal each prompt decoded alone."""
-    model = _model(2)
+def _count_prefills(model: cm.LightningMoELM) -> list[list[int]]:
+    """Record the slots of every prefill call the model gets from now on."""
     calls = []
     prefill = model.prefill
 
@@ -77,9 +76,27 @@ def test_continuous_batching_refills_slots_and_does_not_change_results():
         return prefill(tokens, cu_seqlens, cache, slots)
 
     model.prefill = counting_prefill
+    return calls
+
+
+def test_samples_of_a_prompt_share_one_prefill():
+    """n samples admitted together: the prompt runs once, its state is copied to the other slots."""
+    model = _model(1)
+    calls = _count_prefills(model)
+    greedy = cm.Sampler(model, max_batch=8).generate(_prompts()[:2], SamplingParams(n=4, temperature=0.0, max_tokens=6))
+    assert calls == [[0, 4]]  # one document per prompt, into the first slot of its samples
+    for prompt, group in zip(_prompts(), greedy):
+        alone = cm.Sampler(model, max_batch=1).generate([prompt], SamplingParams(temperature=0.0, max_tokens=6))[0][0]
+        assert [c.token_ids for c in group] == [alone.token_ids] * 4
+
+
+def test_continuous_batching_refills_slots_and_does_not_change_results():
+    """Greedy results with 3 slots for 10 sequences equal each prompt decoded alone."""
+    model = _model(2)
+    calls = _count_prefills(model)
     greedy = SamplingParams(n=2, temperature=0.0, max_tokens=9)
-    batched = cm.Sampler(model, max_batch=2).generate(_prompts(), greedy)
-    assert len(calls) > 2 and {s for c in calls for s in c} == {0, 1}  # finished slots took new prompts
+    batched = cm.Sampler(model, max_batch=3).generate(_prompts(), greedy)
+    assert len(calls) > 2 and {s for c in calls for s in c} == {0, 1, 2}  # finished slots took new prompts
     for prompt, group in zip(_prompts(), batched):
         alone = cm.Sampler(model, max_batch=1).generate([prompt], SamplingParams(temperature=0.0, max_tokens=9))[0][0]
         assert [c.token_ids for c in group] == [alone.token_ids] * 2
