@@ -22,10 +22,10 @@ from cispo.envs.engine import InfraError
 from cispo.envs.patching import PREPARE, UnsafePatch, patch_files, paths_to_restore
 from cispo.envs.pool import SandboxPool
 from cispo.envs.repo import RepoError, snapshot
-from cispo.envs.sandbox import tar_files
+from cispo.envs.sandbox import ExecResult, tar_files
 from cispo.envs.tasks import SWETask
 from cispo.envs.testlog import PASSED
-from cispo.envs.verdict import read_verdict, verdict_run
+from cispo.envs.verdict import Verdict, read_verdict, verdict_run
 
 Status = Literal["resolved", "unresolved", "patch_failed", "timeout", "infra_error"]
 PYTEST_ARGS = ("-rA", "-p", "no:cacheprovider", "-o", "addopts=")
@@ -34,6 +34,7 @@ PREPARE_TIMEOUT = 120.0
 # the tail half of this cap bounds how many ids one run can report (~10k).
 TEST_OUTPUT_CAP = 2 * 1024 * 1024
 _MARK = "<<cispo-prepare>> "
+REPO = "/workspace/repo"
 INFRA_RETRIES = 1  # another sandbox after an infra failure; a second failure is masked (infra_error)
 
 
@@ -45,7 +46,7 @@ class GradeResult:
     fraction: float  # share of the listed tests that passed (NaN if they never ran)
     tests: dict[str, str] = field(default_factory=dict)  # test id -> "passed" / "failed"
     seconds: float = 0.0  # the whole grading, sandbox start-up included
-    test_seconds: float = 0.0  # of which the test run itself
+    test_seconds: float = 0.0  # of which the test process ran (timed in the sandbox)
     patch_method: str = ""  # git_apply, git_apply_reject, patch_fuzz, none (empty patch)
     error: str = ""  # why, for patch_failed / timeout / infra_error, or why the verdict failed every test
     attempts: int = 1  # sandboxes tried: a container that dies mid-episode is an infra failure, retried once
@@ -79,46 +80,37 @@ def grade(task: SWETask, model_patch: str, pool: SandboxPool) -> GradeResult:
     while True:
         attempts += 1
         try:
-            outcome = _run_in_sandbox(task, bundle, restore, pool)
+            run, verdict = _run_in_sandbox(task, bundle, restore, pool)
             break
         except InfraError as e:  # the daemon or the container failed, not the model: once more, fresh
             if attempts == 1 + INFRA_RETRIES:
                 return done("infra_error", error=str(e), attempts=attempts)
-        except _NotApplied as e:
-            return done(e.status, error=str(e), attempts=attempts)
-    method, run, verdict = outcome
+    if verdict.prepare_code is None and not run.timed_out:
+        return done("unresolved", error=verdict.error, log=run.output[-4000:], attempts=attempts)
+    marker = _marker(verdict.prepare_output)
+    if verdict.prepare_code == 10:
+        return done("patch_failed", error=f"no method applied the patch:\n{verdict.prepare_output[-2000:]}",
+                    attempts=attempts)
+    if verdict.prepare_code is not None and not marker.startswith("applied "):
+        why = "test_patch does not apply" if verdict.prepare_code == 11 else f"prepare step exit {verdict.prepare_code}"
+        return done("infra_error", error=f"{why}:\n{verdict.prepare_output[-2000:]}", attempts=attempts)
     passed = sum(v == PASSED for v in verdict.tests.values())
-    common = dict(fraction=passed / len(task.test_ids), tests=verdict.tests, patch_method=method,
-                  log=run.output[-4000:], test_seconds=run.seconds, attempts=attempts)
-    if run.timed_out:
+    common = dict(fraction=passed / len(task.test_ids), tests=verdict.tests, patch_method=marker.partition(" ")[2],
+                  log=run.output[-4000:], test_seconds=verdict.test_seconds, attempts=attempts)
+    if verdict.timed_out or run.timed_out:
         return done("timeout", error=f"tests ran past {task.timeout:g} s", **common)
     status: Status = "resolved" if passed == len(task.test_ids) and not verdict.error else "unresolved"
     return done(status, error=verdict.error, **common)
 
 
-def _run_in_sandbox(task: SWETask, bundle: bytes, restore: list[str], pool: SandboxPool):
-    """Prepare and run the tests in one sandbox: (patch method, the run, its verdict)."""
+def _run_in_sandbox(task: SWETask, bundle: bytes, restore: list[str], pool: SandboxPool) -> tuple[ExecResult, Verdict]:
+    """One exec in one sandbox: prepare the repository, then (if that worked) run the tests."""
+    vrun = verdict_run(["sh", "-c", PREPARE, "prepare", *restore], bundle,
+                       ["sh", "-c", f'{task.test_cmd} "$@"', "tests", *PYTEST_ARGS, *task.test_ids], REPO, task.timeout)
     with pool.sandbox(task.image) as sb:
-        prep = sb.exec(["sh", "-c", PREPARE, "prepare", *restore], stdin=bundle, timeout=PREPARE_TIMEOUT,
-                       trusted=True)
-        marker = _marker(prep.output)
-        if prep.exit_code == 10:
-            raise _NotApplied("patch_failed", f"no method applied the patch:\n{prep.output[-2000:]}")
-        if not marker.startswith("applied "):
-            why = "test_patch does not apply" if prep.exit_code == 11 else f"prepare step exit {prep.exit_code}"
-            raise _NotApplied("infra_error", f"{why}:\n{prep.output[-2000:]}")
-        vrun = verdict_run(["sh", "-c", f'{task.test_cmd} "$@"', "tests", *PYTEST_ARGS, *task.test_ids])
-        run = sb.exec(vrun.argv, stdin=vrun.stdin, timeout=task.timeout, workdir="/workspace/repo",
-                      output_cap=TEST_OUTPUT_CAP)
-    return marker.split(" ", 1)[1], run, read_verdict(run.output, vrun.secret, task.test_ids)
-
-
-class _NotApplied(Exception):
-    """The model's patch (status patch_failed) or the task's test patch (infra_error) did not apply."""
-
-    def __init__(self, status: Status, error: str):
-        super().__init__(error)
-        self.status = status
+        run = sb.exec(vrun.argv, stdin=vrun.stdin, timeout=PREPARE_TIMEOUT + task.timeout,
+                      workdir="/workspace", output_cap=TEST_OUTPUT_CAP)
+    return run, read_verdict(run.output, vrun.secret, task.test_ids)
 
 
 def _marker(output: str) -> str:

@@ -1,45 +1,85 @@
-"""Runs inside the sandbox around the graded test command; the verdict comes from here.
+"""Runs inside the sandbox (under the runner) for one grading: prepare the repository, run the
+tests, print the verdict. One exec per episode: the daemon round trips are the overhead.
 
-Sent as `python3 -I -S -c <this file> ARGV...` (under the runner) with stdin: one
-line holding the run's secret, then the source of the verdict plugin. The tests, and
-so the model's code, run in a child process that never sees the secret: this process
-reads it before the child starts, makes itself non-dumpable (a process of the same
-uid can then neither read its memory nor trace it), and prints the verdict last,
-marked with the secret. Output the tests print cannot pose as a verdict.
+    python3 -I -S -c <this file> '{"prepare": ARGV, "test": ARGV, "cwd": DIR, "timeout": SECONDS}'
 
-The child loads the plugin through PYTHONPATH and, should the task's command set
-its own PYTHONPATH, through the user site directory (PYTHONUSERBASE). Its output is
-relayed only until it exits: a process it left behind cannot push the verdict out of
-the kept tail. Verdict: `\\n<<cispo-verdict SECRET>> {"exit_code", "records"}`.
-Standard library only, Python >= 3.7.
+stdin: the run's secret (32 hex digits) and a newline, the verdict plugin's length (10
+digits) and a newline, the plugin, then the bundle the prepare step unpacks.
+
+The secret is the point. The tests, and so the model's code, run in a child process
+that never sees it: this process reads it before anything of the model's runs, makes
+itself non-dumpable (a process of the same uid can then neither read its memory nor
+trace it), and prints the verdict last, marked with the secret. Output the tests
+print cannot pose as a verdict. The test child loads the plugin, under a random module
+name (no file of the repository can shadow it), through PYTHONPATH and, should the
+task's command set its own PYTHONPATH, through the user site directory (PYTHONUSERBASE). Its output is relayed only until it exits, so a process
+it left behind cannot push the verdict out of the kept tail.
+
+Verdict: `\\n<<cispo-verdict SECRET>> {"prepare": {"exit_code", "output", "seconds"},
+"exit_code", "timed_out", "test_seconds", "records"}` (no test fields when the
+prepare step failed). Standard library only, Python >= 3.7.
 """
 
 import ctypes
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 
 PR_SET_DUMPABLE = 4
-GRACE = 0.5  # seconds to keep reading after the child exited
+GRACE = 0.5  # seconds to keep reading after the test process exited
+PLUGIN_HOME = "/tmp/.cispo-verdict"
+
+
+def read_exactly(n):
+    data = b""
+    while len(data) < n:
+        chunk = os.read(0, n - len(data))
+        if not chunk:
+            raise SystemExit("stdin ended early")
+        data += chunk
+    return data
 
 
 def main():
-    secret = sys.stdin.buffer.readline().strip().decode()
-    plugin = sys.stdin.buffer.read()
-    os.close(0)
+    job = json.loads(sys.argv[1])
+    secret = read_exactly(33)[:32].decode()
+    plugin = read_exactly(int(read_exactly(11)))
     ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
-    base = "/tmp/.cispo-verdict"
-    site = "%s/lib/python%d.%d/site-packages" % (base, sys.version_info[0], sys.version_info[1])
+    verdict = {"prepare": prepare(job["prepare"])}
+    if verdict["prepare"]["exit_code"] == 0:
+        verdict.update(run_tests(job["test"], job["cwd"], float(job["timeout"]), plugin))
+    out = sys.stdout.buffer
+    out.write(("\n<<cispo-verdict %s>> %s\n" % (secret, json.dumps(verdict))).encode())
+    out.flush()
+    os._exit(0)  # do not wait for the reader threads: a left-behind process may hold a pipe
+
+
+def prepare(argv):
+    """The trusted step (unpack, patch): the rest of stdin is its input; its output goes in the verdict."""
+    start = time.monotonic()
+    res = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    os.close(0)
+    return {"exit_code": res.returncode, "output": res.stdout[-8000:].decode(errors="replace"),
+            "seconds": time.monotonic() - start}
+
+
+def run_tests(argv, cwd, timeout, plugin):
+    site = "%s/lib/python%d.%d/site-packages" % (PLUGIN_HOME, sys.version_info[0], sys.version_info[1])
     os.makedirs(site, exist_ok=True)
-    with open(site + "/cispo_verdict.py", "wb") as f:
+    name = "cispo_verdict_" + os.urandom(8).hex()  # a name the repository cannot have shadowed
+    with open("%s/%s.py" % (site, name), "wb") as f:
         f.write(plugin)
     read_end, write_end = os.pipe()
-    env = dict(os.environ, PYTEST_PLUGINS="cispo_verdict", CISPO_VERDICT_FD=str(write_end), PYTHONUSERBASE=base,
+    env = dict(os.environ, PYTEST_PLUGINS=name, CISPO_VERDICT_FD=str(write_end),
+               PYTHONUSERBASE=PLUGIN_HOME,
                PYTHONPATH=os.pathsep.join(p for p in (site, os.environ.get("PYTHONPATH")) if p))
-    child = subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, pass_fds=(write_end,), env=env)
+    start = time.monotonic()
+    child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             pass_fds=(write_end,), env=env, cwd=cwd, start_new_session=True)
     os.close(write_end)
     lines = []
     relaying = threading.Event()
@@ -50,11 +90,19 @@ def main():
             sys.stdout.buffer.write(chunk)
             sys.stdout.buffer.flush()
 
-    relay = threading.Thread(target=_copy, args=(child.stdout.fileno(), show), daemon=True)
-    collect = threading.Thread(target=_copy, args=(read_end, lines.append), daemon=True)
+    relay = threading.Thread(target=copy, args=(child.stdout.fileno(), show), daemon=True)
+    collect = threading.Thread(target=copy, args=(read_end, lines.append), daemon=True)
     relay.start()
     collect.start()
-    code = child.wait()
+    timed_out = False
+    try:
+        code = child.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        kill_group(child.pid)
+        code = child.wait()
+    seconds = time.monotonic() - start
+    kill_group(child.pid)  # background jobs end with the tests
     relay.join(GRACE)
     collect.join(GRACE)
     relaying.clear()
@@ -64,13 +112,17 @@ def main():
             records.append(json.loads(line))
         except ValueError:
             records.append({"event": "garbled", "text": line[:200]})
-    verdict = json.dumps({"exit_code": code, "records": records})
-    sys.stdout.buffer.write(("\n<<cispo-verdict %s>> %s\n" % (secret, verdict)).encode())
-    sys.stdout.buffer.flush()
-    os._exit(0)  # do not wait for the reader threads: a left-behind process may hold a pipe
+    return {"exit_code": code, "timed_out": timed_out, "test_seconds": seconds, "records": records}
 
 
-def _copy(fd, sink):
+def kill_group(pgid):
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def copy(fd, sink):
     while True:
         chunk = os.read(fd, 65536)
         if not chunk:

@@ -2,10 +2,10 @@
 
 The model's code runs inside the pytest process, so pytest's output is the model's
 to write: it can print a fake summary and `os._exit(0)`, or monkeypatch pytest's
-reports at import. So grading does not read that output. `test_controller.py` runs
-the test command as its child, collects one record per test phase from
-`verdict_plugin.py` over a pipe, and prints them last, marked with a secret drawn
-here for this run alone (sent on stdin, never visible to the child).
+reports at import. So grading does not read that output. `test_controller.py`
+prepares the repository, runs the test command as its child, collects one record
+per test phase from `verdict_plugin.py` over a pipe, and prints them last, marked
+with a secret drawn here for this run alone (sent on stdin, never visible to the child).
 
 `read_verdict` then accepts a pass only when the run holds together: the plugin
 started and saw the session finish, pytest's exit status is the one its session
@@ -42,44 +42,63 @@ class VerdictRun:
 
 @dataclass(frozen=True)
 class Verdict:
-    tests: dict[str, str]  # test id -> "passed" / "failed"
-    error: str  # why every test counts as failed; "" when the run held together
+    prepare_code: int | None  # the prepare step's exit status; None: no verdict came back
+    prepare_output: str  # its output's tail
+    tests: dict[str, str]  # test id -> "passed" / "failed" (all failed unless the run held together)
+    timed_out: bool = False  # the tests ran past their timeout
+    test_seconds: float = 0.0  # the test process's run, measured in the sandbox
+    error: str = ""  # why every test counts as failed; "" when the run held together
 
 
-def verdict_run(argv: list[str]) -> VerdictRun:
-    """Wrap the test command `argv` in the controller, with a fresh secret."""
+def verdict_run(prepare: list[str], bundle: bytes, test: list[str], cwd: str, timeout: float) -> VerdictRun:
+    """One exec for one grading: `prepare` unpacks `bundle` (its stdin), then `test` runs in
+    `cwd` under `timeout` seconds, wrapped by the controller with a fresh secret."""
     secret = secrets.token_hex(16)
-    return VerdictRun(["python3", "-I", "-S", "-c", CONTROLLER, *argv], secret.encode() + b"\n" + PLUGIN, secret)
+    job = json.dumps({"prepare": prepare, "test": test, "cwd": cwd, "timeout": timeout})
+    stdin = b"%s\n%010d\n%s%s" % (secret.encode(), len(PLUGIN), PLUGIN, bundle)
+    return VerdictRun(["python3", "-I", "-S", "-c", CONTROLLER, job], stdin, secret)
 
 
 def read_verdict(output: str, secret: str, test_ids: list[str]) -> Verdict:
-    """Per-test outcomes from the controller's verdict in `output`, checked for consistency."""
+    """The controller's verdict in `output`, its per-test outcomes checked for consistency."""
     all_failed = {tid: FAILED for tid in test_ids}
     marker = f"<<cispo-verdict {secret}>> "
     at = output.rfind(marker)
     if at < 0:
-        return Verdict(all_failed, "the test run ended without a verdict (its controller was killed)")
+        return Verdict(None, "", all_failed, error="the test run ended without a verdict (its controller was killed)")
     try:
         verdict = json.loads(output[at + len(marker) :].split("\n", 1)[0])
+        prep = verdict["prepare"]
+        prepared = dict(prepare_code=int(prep["exit_code"]), prepare_output=str(prep["output"]))
+        if prepared["prepare_code"] != 0:
+            return Verdict(**prepared, tests=all_failed)
         code, records = int(verdict["exit_code"]), list(verdict["records"])
+        ran = dict(prepared, timed_out=bool(verdict["timed_out"]), test_seconds=float(verdict["test_seconds"]))
     except (ValueError, KeyError, TypeError) as e:
-        return Verdict(all_failed, f"the verdict could not be read: {e}")
+        return Verdict(None, "", all_failed, error=f"the verdict could not be read: {e!r}")
+    error = _inconsistency(code, records)
+    if error:
+        return Verdict(**ran, tests=all_failed, error=error)
+    reports = [r for r in records if r.get("event") == "report"]
+    return Verdict(**ran, tests={tid: _outcome([r for r in reports if r.get("nodeid") == tid]) for tid in test_ids})
+
+
+def _inconsistency(code: int, records: list[dict]) -> str:
+    """Why the run's records cannot be trusted, or ""."""
     events = [r.get("event") for r in records]
     if "start" not in events:
-        return Verdict(all_failed, f"the test command (exit {code}) never loaded the verdict plugin: "
-                                   "a task's test_cmd must run pytest")
+        return f"the test command (exit {code}) never loaded the verdict plugin: a task's test_cmd must run pytest"
     if events[-1] != "finish":
-        return Verdict(all_failed, f"the test process exited (status {code}) before pytest finished its session")
+        return f"the test process exited (status {code}) before pytest finished its session"
     finish = records[-1]
     if finish.get("tampered"):
-        return Verdict(all_failed, "pytest was tampered with: " + "; ".join(map(str, finish["tampered"])))
+        return "pytest was tampered with: " + "; ".join(map(str, finish["tampered"]))
     if finish.get("exitstatus") != code:
-        return Verdict(all_failed, f"exit status {code} disagrees with the {finish.get('exitstatus')} pytest's session reported")
-    reports = [r for r in records if r.get("event") == "report"]
-    any_failed = any(r.get("outcome") == "failed" for r in reports)
+        return f"exit status {code} disagrees with the {finish.get('exitstatus')} pytest's session reported"
+    any_failed = any(r.get("outcome") == "failed" for r in records if r.get("event") == "report")
     if code in (0, 1) and (code == 1) != any_failed:
-        return Verdict(all_failed, f"exit status {code} disagrees with the reports ({'a' if any_failed else 'no'} test failed)")
-    return Verdict({tid: _outcome([r for r in reports if r.get("nodeid") == tid]) for tid in test_ids}, "")
+        return f"exit status {code} disagrees with the reports ({'a' if any_failed else 'no'} test failed)"
+    return ""
 
 
 def _outcome(reports: list[dict]) -> str:

@@ -1,4 +1,4 @@
-"""Loaded into the graded pytest run (as module `cispo_verdict`): each test's outcome to the controller.
+"""Loaded into the graded pytest run (as `cispo_verdict_<random>`): each test's outcome to the controller.
 
 It is imported while pytest configures itself, before collection imports any of
 the model's code. It takes the write end of the controller's pipe and removes the
@@ -23,7 +23,7 @@ import sys
 import pytest
 
 _out = os.fdopen(int(os.environ.pop("CISPO_VERDICT_FD")), "w", buffering=1)
-_WATCHED = ("_pytest", "pytest", "pluggy", __name__)
+_WATCHED = ("_pytest", "pytest", "pluggy", __name__)  # top-level module names
 _kept = {}
 _plugins = set()
 _tampered = []

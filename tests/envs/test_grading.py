@@ -1,5 +1,6 @@
 """Grading real patches on real (tiny) repositories: gold, empty, broken, fuzzed, hacked."""
 
+import dataclasses
 import json
 import math
 import os
@@ -199,3 +200,41 @@ def test_cli_score_report(synthetic, tmp_path):
     first = report["instances"]["synthetic__statkit-1"]
     assert first["tests"] == {"tests/test_stats.py::test_mean": "passed", "tests/test_stats.py::test_total": "passed"}
     assert first["seconds"] > 0 and report["summary"]["resolved"] == 1
+
+
+UNITTEST_TESTS = {
+    "tests/test_stats.py": """
+        import unittest
+
+        from statkit import mean, total
+
+
+        class TestStats(unittest.TestCase):
+            def test_total(self):
+                self.assertEqual(total([1, 2, 3]), 6)
+
+            def test_mean(self):
+                self.assertEqual(mean([2, 4]), 3.0)
+        """,
+}
+
+
+def test_unittest_tests_are_graded_per_test_under_pytest(make_task, statkit_spec, pool):
+    """unittest.TestCase suites run under pytest; their ids are pytest node ids (file::Class::method)."""
+    spec = dataclasses.replace(statkit_spec, new_test_files=UNITTEST_TESTS,
+                               fail_to_pass=["tests/test_stats.py::TestStats::test_mean"],
+                               pass_to_pass=["tests/test_stats.py::TestStats::test_total"])
+    task = make_task(spec)
+    assert grade(task, task.patch, pool).status == "resolved"
+    empty = grade(task, "", pool)
+    assert empty.status == "unresolved" and empty.tests == {"tests/test_stats.py::TestStats::test_mean": "failed",
+                                                           "tests/test_stats.py::TestStats::test_total": "passed"}
+
+
+def test_a_test_cmd_that_does_not_run_pytest_is_named(make_task, statkit_spec, pool):
+    """Grading needs pytest's per-test reports: another runner scores 0 and the error says why."""
+    spec = dataclasses.replace(statkit_spec, new_test_files=UNITTEST_TESTS, test_cmd="python3 -m unittest",
+                               fail_to_pass=["tests.test_stats.TestStats.test_mean"], pass_to_pass=[])
+    task = make_task(spec)
+    res = grade(task, task.patch, pool)
+    assert res.status == "unresolved" and "test_cmd must run pytest" in res.error
