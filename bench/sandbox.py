@@ -1,10 +1,11 @@
 """Sandbox benchmark: warm pool vs a cold container per episode, side by side in one run.
 
 An episode grades the gold patch of a synthetic SWE task (repository in, patch
-applied, tests run). Overhead is everything but the test run itself: sandbox
-start-up or reset, unpacking, patching, removal. Sequential episodes on one slot
-measure overhead; then 32 concurrent scoring requests (2 slots, as on a 2-core
-machine) must all succeed.
+applied, tests run). Overhead is everything but the test process itself (timed in
+the sandbox): sandbox start-up or reset, the exec, unpacking, patching, the verdict,
+removal. Sequential episodes on one slot measure overhead, warm and cold alternating
+in blocks so that a shared machine's load falls on both alike; then 32 concurrent
+scoring requests (2 slots, as on a 2-core machine) must all succeed.
 
     .venv/bin/python bench/sandbox.py [--quick]
 """
@@ -15,6 +16,7 @@ import argparse
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 from cispo.envs.grading import GradeResult, grade
 from cispo.envs.image import build_base_image
@@ -23,18 +25,42 @@ from cispo.envs.swe_synthetic import generate
 from cispo.envs.tasks import load_tasks
 
 
-def sequential(tasks, episodes: int, reuse: bool) -> tuple[float, float, list[GradeResult]]:
-    """Episodes per minute and mean overhead (wall minus test time) for one slot."""
-    with SandboxPool(max_concurrency=1, reuse=reuse) as pool:
-        if reuse:
-            pool.prewarm()  # two containers for the one slot: one is reset while the other works
-        grade(tasks[0], tasks[0].patch, pool)  # warm the host-side repository cache for both modes
+@dataclass
+class Mode:
+    """One way of getting a sandbox per episode, measured block by block."""
+
+    pool: SandboxPool
+    wall: float = 0.0
+    results: list[GradeResult] = field(default_factory=list)
+
+    def run_block(self, tasks) -> None:
         start = time.monotonic()
-        results = [grade(t, t.patch, pool) for t in (tasks * episodes)[:episodes]]
-        pool.drain()  # the last reset or removal belongs to the run
-        wall = time.monotonic() - start
-    test_time = sum(r.test_seconds for r in results)
-    return episodes / wall * 60, (wall - test_time) / episodes, results
+        self.results += [grade(t, t.patch, self.pool) for t in tasks]
+        self.pool.drain()  # the block's last reset or removal belongs to it
+        self.wall += time.monotonic() - start
+
+    @property
+    def rate(self) -> float:
+        return len(self.results) / self.wall * 60
+
+    @property
+    def overhead(self) -> float:
+        """Mean seconds per episode that were not the test process running."""
+        return (self.wall - sum(r.test_seconds for r in self.results)) / len(self.results)
+
+
+def sequential(tasks, episodes: int, block: int = 3) -> tuple[Mode, Mode]:
+    """Warm pool and cold containers on one slot each, alternating in blocks of `block`
+    episodes, so that the load of a shared machine falls on both alike."""
+    with SandboxPool(max_concurrency=1) as warm_pool, SandboxPool(max_concurrency=1, reuse=False) as cold_pool:
+        warm_pool.prewarm()  # two containers for the one slot: one is reset while the other works
+        grade(tasks[0], tasks[0].patch, warm_pool)  # warm the host-side repository cache
+        warm, cold = Mode(warm_pool), Mode(cold_pool)
+        order = (tasks * episodes)[:episodes]
+        for i in range(0, episodes, block):
+            for mode in (warm, cold):
+                mode.run_block(order[i : i + block])
+    return warm, cold
 
 
 def concurrent(tasks, requests: int, slots: int) -> tuple[float, list[GradeResult]]:
@@ -54,15 +80,18 @@ def main() -> None:
     build_base_image(if_missing=True)
     with tempfile.TemporaryDirectory() as tmp:
         tasks = load_tasks(generate(tmp))
-        warm_rate, warm_over, warm_res = sequential(tasks, episodes, reuse=True)
-        cold_rate, cold_over, cold_res = sequential(tasks, episodes, reuse=False)
+        warm, cold = sequential(tasks, episodes)
         wall, conc_res = concurrent(tasks, requests, slots=2)
 
-    bad = [r for r in warm_res + cold_res + conc_res if r.status != "resolved"]
-    print(f"episodes per mode: {episodes} (sequential, 1 slot); gold patches of {len(tasks)} synthetic tasks")
-    print(f"warm pool : {warm_rate:6.1f} episodes/min, overhead {warm_over * 1000:6.0f} ms/episode")
-    print(f"cold      : {cold_rate:6.1f} episodes/min, overhead {cold_over * 1000:6.0f} ms/episode")
-    print(f"overhead ratio cold/warm: {cold_over / warm_over:.1f}x   throughput ratio warm/cold: {warm_rate / cold_rate:.1f}x")
+    bad = [r for r in warm.results + cold.results + conc_res if r.status != "resolved"]
+    print(f"episodes per mode: {episodes} (sequential, 1 slot, modes alternating every 3); "
+          f"gold patches of {len(tasks)} synthetic tasks")
+    test = sum(r.test_seconds for r in warm.results + cold.results) / (2 * episodes)
+    print(f"test process: {test * 1000:6.0f} ms/episode (mean of both modes)")
+    for name, mode in (("warm pool", warm), ("cold", cold)):
+        print(f"{name:10s}: {mode.rate:6.1f} episodes/min, overhead {mode.overhead * 1000:6.0f} ms/episode")
+    print(f"overhead ratio cold/warm: {cold.overhead / warm.overhead:.1f}x   "
+          f"throughput ratio warm/cold: {warm.rate / cold.rate:.1f}x")
     print(f"concurrent: {requests} requests on 2 slots in {wall:.1f} s, "
           f"{sum(r.status == 'resolved' for r in conc_res)}/{requests} resolved, "
           f"{sum(r.status == 'infra_error' for r in conc_res)} infra errors")

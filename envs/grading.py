@@ -30,9 +30,9 @@ from cispo.envs.verdict import Verdict, read_verdict, verdict_run
 Status = Literal["resolved", "unresolved", "patch_failed", "timeout", "infra_error"]
 PYTEST_ARGS = ("-rA", "-p", "no:cacheprovider", "-o", "addopts=")
 PREPARE_TIMEOUT = 120.0
-# Tests print their own output before the summary; the summary is at the tail, so
-# the tail half of this cap bounds how many ids one run can report (~10k).
-TEST_OUTPUT_CAP = 2 * 1024 * 1024
+# The controller's verdict: up to 8 MiB of per-test records (~15k tests) and short tails.
+VERDICT_CAP = 12 * 1024 * 1024
+CONTROLLER_GRACE = 10.0  # seconds past prepare + tests before `timeout` kills the controller
 _MARK = "<<cispo-prepare>> "
 REPO = "/workspace/repo"
 INFRA_RETRIES = 1  # another sandbox after an infra failure; a second failure is masked (infra_error)
@@ -96,7 +96,7 @@ def grade(task: SWETask, model_patch: str, pool: SandboxPool) -> GradeResult:
         return done("infra_error", error=f"{why}:\n{verdict.prepare_output[-2000:]}", attempts=attempts)
     passed = sum(v == PASSED for v in verdict.tests.values())
     common = dict(fraction=passed / len(task.test_ids), tests=verdict.tests, patch_method=marker.partition(" ")[2],
-                  log=run.output[-4000:], test_seconds=verdict.test_seconds, attempts=attempts)
+                  log=verdict.log[-4000:], test_seconds=verdict.test_seconds, attempts=attempts)
     if verdict.timed_out or run.timed_out:
         return done("timeout", error=f"tests ran past {task.timeout:g} s", **common)
     status: Status = "resolved" if passed == len(task.test_ids) and not verdict.error else "unresolved"
@@ -108,8 +108,8 @@ def _run_in_sandbox(task: SWETask, bundle: bytes, restore: list[str], pool: Sand
     vrun = verdict_run(["sh", "-c", PREPARE, "prepare", *restore], bundle,
                        ["sh", "-c", f'{task.test_cmd} "$@"', "tests", *PYTEST_ARGS, *task.test_ids], REPO, task.timeout)
     with pool.sandbox(task.image) as sb:
-        run = sb.exec(vrun.argv, stdin=vrun.stdin, timeout=PREPARE_TIMEOUT + task.timeout,
-                      workdir="/workspace", output_cap=TEST_OUTPUT_CAP)
+        run = sb.exec(vrun.argv, stdin=vrun.stdin, timeout=PREPARE_TIMEOUT + task.timeout + CONTROLLER_GRACE,
+                      workdir="/workspace", output_cap=VERDICT_CAP, trusted=True)
     return run, read_verdict(run.output, vrun.secret, task.test_ids)
 
 

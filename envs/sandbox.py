@@ -175,9 +175,10 @@ class Sandbox:
     ) -> ExecResult:
         """Run `argv` (no shell: arguments reach the program unmangled) as the sandbox user.
 
-        `trusted`: a step of ours before any model code ran (unpacking, patching, the
-        reset) whose output is small: it skips the Python runner (one interpreter
-        start, ~30 ms) for coreutils `timeout`; the client-side cap still holds.
+        `trusted`: a program of ours whose output is small (unpacking, the reset, the
+        grading controller, which holds the tests' output itself): it skips the Python
+        runner (one interpreter start, ~30 ms) for coreutils `timeout`, which kills
+        only that program; the client-side cap still holds.
 
         Raises `InfraError` when the daemon fails or the container is gone; a command
         that misbehaves (times out, floods output, gets OOM-killed) is a normal result.
@@ -279,7 +280,7 @@ class Sandbox:
         if self.dead:
             return False
         try:
-            res = self.exec(["python3", "-I", "-S", "-c", _RESET], timeout=30.0, workdir="/", trusted=True)
+            res = self.exec(["sh", "-c", _RESET], timeout=30.0, workdir="/", trusted=True)
         except InfraError:
             return False
         return res.ok
@@ -300,48 +301,28 @@ class Sandbox:
                 raise
 
 
-# Reset, as the sandbox user: SIGKILL everything of ours but our own ancestors (the
-# runner), until nothing is left; then empty the tmpfs mounts and /dev/shm.
+# Reset, as the sandbox user, in shell builtins (no interpreter to start: it runs after
+# every use): SIGKILL every process of ours but this shell and its parent (`timeout`),
+# until none is left; then empty the tmpfs mounts and /dev/shm. Exit 3: processes
+# survive SIGKILL; 4: something could not be removed.
 _RESET = r"""
-import os, shutil, signal, time
-me = os.getpid()
-keep, pid = {me}, me
-while pid > 1:
-    pid = int(open('/proc/%d/stat' % pid).read().rsplit(')', 1)[1].split()[1])
-    keep.add(pid)
-uid = os.getuid()
-for _ in range(50):
-    victims = []
-    for d in os.listdir('/proc'):
-        if d.isdigit() and int(d) not in keep:
-            try:
-                if os.stat('/proc/' + d).st_uid == uid:
-                    victims.append(int(d))
-            except OSError:
-                pass
-    if not victims:
-        break
-    for v in victims:
-        try:
-            os.kill(v, signal.SIGKILL)
-        except OSError:
-            pass
-    time.sleep(0.02)
-else:
-    raise SystemExit('processes survive SIGKILL')
-for root in ('/workspace', '/tmp', '/home/sandbox', '/dev/shm'):
-    for dirpath, dirnames, _ in os.walk(root):
-        for name in dirnames:
-            try:
-                os.chmod(os.path.join(dirpath, name), 0o700)
-            except OSError:
-                pass
-    for name in os.listdir(root):
-        p = os.path.join(root, name)
-        if os.path.isdir(p) and not os.path.islink(p):
-            shutil.rmtree(p)
-        else:
-            os.unlink(p)
+me=$$ parent=$PPID rounds=0
+while :; do
+  alive=
+  for d in /proc/[0-9]*; do
+    p=${d#/proc/}
+    if [ "$p" != "$me" ] && [ "$p" != "$parent" ] && [ -O "$d" ]; then kill -9 "$p" 2>/dev/null && alive=1; fi
+  done
+  [ -z "$alive" ] && break
+  rounds=$((rounds + 1))
+  [ "$rounds" -ge 50 ] && exit 3
+  sleep 0.02
+done
+for root in /workspace /tmp /home/sandbox /dev/shm; do
+  chmod -R u+rwx "$root" 2>/dev/null
+  rm -rf "$root"/* "$root"/.[!.]* "$root"/..?*
+done
+[ -z "$(find /workspace /tmp /home/sandbox /dev/shm -mindepth 1 -print -quit)" ] || exit 4
 """
 
 

@@ -1,5 +1,7 @@
-"""Runs inside the sandbox (under the runner) for one grading: prepare the repository, run the
-tests, print the verdict. One exec per episode: the daemon round trips are the overhead.
+"""Runs inside the sandbox for one grading: prepare the repository, run the tests, print
+the verdict. One exec per episode (the daemon's round trips are the overhead), started
+under coreutils `timeout` rather than the runner: nothing of the model's can write to
+this process's output, which stays small.
 
     python3 -I -S -c <this file> '{"prepare": ARGV, "test": ARGV, "cwd": DIR, "timeout": SECONDS}'
 
@@ -7,16 +9,17 @@ stdin: the run's secret (32 hex digits) and a newline, the verdict plugin's leng
 digits) and a newline, the plugin, then the bundle the prepare step unpacks.
 
 The secret is the point. The tests, and so the model's code, run in a child process
-that never sees it: this process reads it before anything of the model's runs, makes
-itself non-dumpable (a process of the same uid can then neither read its memory nor
-trace it), and prints the verdict last, marked with the secret. Output the tests
-print cannot pose as a verdict. The test child loads the plugin, under a random module
-name (no file of the repository can shadow it), through PYTHONPATH and, should the
-task's command set its own PYTHONPATH, through the user site directory (PYTHONUSERBASE). Its output is relayed only until it exits, so a process
-it left behind cannot push the verdict out of the kept tail.
+(its own session, killed at the timeout) that never sees it: this process reads it
+before anything of the model's runs, makes itself non-dumpable (a process of the same
+uid can then neither read its memory nor trace it), and prints the verdict last,
+marked with the secret. The child's output is kept here (its tail goes in the
+verdict), so nothing it prints can pose as a verdict or flood the exec. The child
+loads the plugin, under a random module name (no file of the repository can shadow
+it), through PYTHONPATH and, should the task's command set its own PYTHONPATH,
+through the user site directory (PYTHONUSERBASE).
 
-Verdict: `\\n<<cispo-verdict SECRET>> {"prepare": {"exit_code", "output", "seconds"},
-"exit_code", "timed_out", "test_seconds", "records"}` (no test fields when the
+Verdict: `\n<<cispo-verdict SECRET>> {"prepare": {"exit_code", "output", "seconds"},
+"exit_code", "timed_out", "test_seconds", "records", "log"}` (no test fields when the
 prepare step failed). Standard library only, Python >= 3.7.
 """
 
@@ -31,6 +34,8 @@ import time
 
 PR_SET_DUMPABLE = 4
 GRACE = 0.5  # seconds to keep reading after the test process exited
+LOG_BYTES = 16 * 1024  # tail of the tests' output kept for the log
+RECORD_BYTES = 8 * 1024 * 1024  # plugin records kept (~150 bytes a phase: 3 phases of ~15k tests)
 PLUGIN_HOME = "/tmp/.cispo-verdict"
 
 
@@ -81,19 +86,11 @@ def run_tests(argv, cwd, timeout, plugin):
     child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              pass_fds=(write_end,), env=env, cwd=cwd, start_new_session=True)
     os.close(write_end)
-    lines = []
-    relaying = threading.Event()
-    relaying.set()
-
-    def show(chunk):
-        if relaying.is_set():
-            sys.stdout.buffer.write(chunk)
-            sys.stdout.buffer.flush()
-
-    relay = threading.Thread(target=copy, args=(child.stdout.fileno(), show), daemon=True)
-    collect = threading.Thread(target=copy, args=(read_end, lines.append), daemon=True)
-    relay.start()
-    collect.start()
+    output, records = Capped(LOG_BYTES, keep="tail"), Capped(RECORD_BYTES, keep="head")
+    threads = [threading.Thread(target=copy, args=(fd, sink.add), daemon=True)
+               for fd, sink in ((child.stdout.fileno(), output), (read_end, records))]
+    for t in threads:
+        t.start()
     timed_out = False
     try:
         code = child.wait(timeout=timeout)
@@ -103,16 +100,38 @@ def run_tests(argv, cwd, timeout, plugin):
         code = child.wait()
     seconds = time.monotonic() - start
     kill_group(child.pid)  # background jobs end with the tests
-    relay.join(GRACE)
-    collect.join(GRACE)
-    relaying.clear()
-    records = []
-    for line in b"".join(lines).decode(errors="replace").splitlines():
+    for t in threads:
+        t.join(GRACE)
+    parsed = []
+    for line in records.text().splitlines():
         try:
-            records.append(json.loads(line))
+            parsed.append(json.loads(line))
         except ValueError:
-            records.append({"event": "garbled", "text": line[:200]})
-    return {"exit_code": code, "timed_out": timed_out, "test_seconds": seconds, "records": records}
+            parsed.append({"event": "garbled", "text": line[:200]})
+    if records.dropped:
+        parsed.append({"event": "overflow", "dropped": records.dropped})
+    return {"exit_code": code, "timed_out": timed_out, "test_seconds": seconds, "records": parsed,
+            "log": output.text()}
+
+
+class Capped:
+    """The first or last `cap` bytes of a stream, and how many were dropped."""
+
+    def __init__(self, cap, keep):
+        self.cap, self.keep, self.data, self.dropped = cap, keep, bytearray(), 0
+
+    def add(self, chunk):
+        self.data += chunk
+        extra = len(self.data) - self.cap
+        if extra > 0:
+            self.dropped += extra
+            if self.keep == "head":
+                del self.data[self.cap :]
+            else:
+                del self.data[:extra]
+
+    def text(self):
+        return bytes(self.data).decode(errors="replace")
 
 
 def kill_group(pgid):

@@ -46,6 +46,7 @@ class Verdict:
     prepare_output: str  # its output's tail
     tests: dict[str, str]  # test id -> "passed" / "failed" (all failed unless the run held together)
     timed_out: bool = False  # the tests ran past their timeout
+    log: str = ""  # tail of the tests' output
     test_seconds: float = 0.0  # the test process's run, measured in the sandbox
     error: str = ""  # why every test counts as failed; "" when the run held together
 
@@ -73,7 +74,8 @@ def read_verdict(output: str, secret: str, test_ids: list[str]) -> Verdict:
         if prepared["prepare_code"] != 0:
             return Verdict(**prepared, tests=all_failed)
         code, records = int(verdict["exit_code"]), list(verdict["records"])
-        ran = dict(prepared, timed_out=bool(verdict["timed_out"]), test_seconds=float(verdict["test_seconds"]))
+        ran = dict(prepared, timed_out=bool(verdict["timed_out"]), test_seconds=float(verdict["test_seconds"]),
+                   log=str(verdict["log"]))
     except (ValueError, KeyError, TypeError) as e:
         return Verdict(None, "", all_failed, error=f"the verdict could not be read: {e!r}")
     error = _inconsistency(code, records)
@@ -86,6 +88,8 @@ def read_verdict(output: str, secret: str, test_ids: list[str]) -> Verdict:
 def _inconsistency(code: int, records: list[dict]) -> str:
     """Why the run's records cannot be trusted, or ""."""
     events = [r.get("event") for r in records]
+    if {"garbled", "overflow"} & set(events):
+        return "the plugin's pipe carried lines the plugin did not write"
     if "start" not in events:
         return f"the test command (exit {code}) never loaded the verdict plugin: a task's test_cmd must run pytest"
     if events[-1] != "finish":

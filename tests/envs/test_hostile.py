@@ -96,14 +96,21 @@ VERDICT_ATTACKS = {
 }
 
 
+VERDICT_ERRORS = {
+    "exit_0_at_import": "before pytest finished its session",
+    "fake_summary_then_exit_0": "the plugin's pipe carried lines the plugin did not write",  # it wrote to every fd
+    "forged_test_report": "pytest was tampered with",
+    "forged_terminal_summary": "pytest was tampered with",
+}
+
+
 @pytest.mark.parametrize("attack", sorted(VERDICT_ATTACKS))
 def test_verdict_cannot_be_forged(hostile_task, statkit_spec, pool, attack):
     prelude, body = VERDICT_ATTACKS[attack]
     res = grade(hostile_task, _mean_patch(statkit_spec, body, prelude), pool)
     assert (res.status, res.reward) == ("unresolved", 0.0), (res.status, res.error, res.log[-1500:])
     assert res.tests["tests/test_stats.py::test_mean"] == "failed"
-    why = "before pytest finished its session" if "exit" in attack else "pytest was tampered with"
-    assert why in res.error, res.error
+    assert VERDICT_ERRORS[attack] in res.error, res.error
 
 
 @pytest.fixture(scope="module")
