@@ -9,6 +9,10 @@ are re-sampled and counted (`rollout/stale_groups_resampled`), never trained on 
 never silently dropped. CISPO's IS weights use the behaviour log-probs the engine
 returned, so they correct the lag without any change to the loss.
 
+With `rollout.partial_rollouts` a response may be sampled by several versions (one
+per segment, `Sample.version_spans`); its version for the staleness rule is the
+oldest, so the bound holds for every token.
+
 What overlaps: generation with the learner step, and scoring with generation. The
 weight push queues behind the generation already issued to an engine (an engine
 actor runs one call at a time) and keeps its timeout (`WeightPushError`).
@@ -64,6 +68,8 @@ def train_async(cfg: Config, learner_restarts: int = 0) -> dict[str, float]:
             learned = learner_update(job.learner, samples, cfg, job.tokenizer.pad_token_id)
             t2 = time.perf_counter()
             push_s = job.push_weights(version=step + 1)  # queues behind the generation issued before it
+            producer.timeline.record("learn", t1, t2)
+            producer.timeline.record("push", t2, t2 + push_s)
             job.state.step, job.state.next_prompt = step + 1, buffer.watermark
             step_s = time.perf_counter() - t0
             generate_s, reward_s = producer.timings()
@@ -73,6 +79,8 @@ def train_async(cfg: Config, learner_restarts: int = 0) -> dict[str, float]:
                        "rollout/staleness_mean": statistics.fmean(staleness),
                        "rollout/staleness_max": float(max(staleness)),
                        "rollout/stale_groups_resampled": float(taken.stale_resampled),
+                       # Partial rollouts: samples whose tokens more than one policy version sampled.
+                       "rollout/multi_version_frac": statistics.fmean(len(s.version_spans) > 1 for s in samples),
                        "rollout/outstanding_groups": float(buffer.outstanding),
                        "perf/wait_s": t1 - t0, "perf/learner_s": t2 - t1, "perf/push_s": push_s,
                        "perf/step_s": step_s, "perf/samples_per_s": len(samples) / step_s,

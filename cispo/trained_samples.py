@@ -1,7 +1,8 @@
 """The record of what each learner step trained on: `output_dir/trained_samples.jsonl`.
 
 One line per RL step: the step, the sample ids, the policy version that sampled
-each, and the prompt indices. Both drivers write it, so "every sample trained at
+each (with partial rollouts the oldest, and the version of each token span), and
+the prompt indices. Both drivers write it, so "every sample trained at
 most once, none lost without being counted" and the staleness bound can be checked
 from the run itself, across resumes and restarts. A resumed job keeps the lines up
 to its checkpoint's step: the steps after it are trained again from the checkpoint.
@@ -31,7 +32,9 @@ class TrainedSamplesLog:
         """Step `step` (the version it produced) trained `samples` of the prompts `prompt_indices`."""
         self.file.write(json.dumps({"step": step, "learner_step": step - 1, "prompt_indices": prompt_indices,
                                     "sample_ids": [s.sample_id for s in samples],
-                                    "policy_versions": [s.policy_version for s in samples]}) + "\n")
+                                    "policy_versions": [s.policy_version for s in samples],
+                                    # Partial rollouts: [[version, tokens], ...] per sample; [] = all by policy_version.
+                                    "version_spans": [s.version_spans for s in samples]}) + "\n")
         self.file.flush()
 
     def close(self) -> None:

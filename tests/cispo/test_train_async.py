@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from cispo.reward.pool import RewardPool
+from cispo.rollout.group import WeightPushError
 from cispo.train_async import TRAINED_SAMPLES_FILE, train_async
 from cispo.types import Sample
 
@@ -21,7 +22,9 @@ def read_jsonl(path: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_async_job_bounds_staleness_trains_each_sample_once_and_resumes_exactly(ray_session, job_config, capsys):
-    cfg = job_config(trainer__steps=3, trainer__save_every=2, trainer__max_staleness=1)
+    """With partial rollouts on: the bound holds by each sample's oldest token span."""
+    cfg = job_config(trainer__steps=3, trainer__save_every=2, trainer__max_staleness=1,
+                     rollout__partial_rollouts=True, rollout__partial_segment_tokens=4)
     out = Path(cfg.trainer.output_dir)
     first = train_async(cfg)
     assert first["steps"] == 3
@@ -31,7 +34,8 @@ def test_async_job_bounds_staleness_trains_each_sample_once_and_resumes_exactly(
     assert [m["step"] for m in steps] == [1, 2, 3]
     assert all(m["rollout/staleness_max"] <= 1 for m in steps)
     assert steps[1]["rollout/staleness_max"] == 1  # step 2 trained groups sampled while step 1 trained
-    for key in ("rollout/staleness_mean", "rollout/stale_groups_resampled", "perf/wait_s", "learner/loss",
+    for key in ("rollout/staleness_mean", "rollout/stale_groups_resampled", "rollout/multi_version_frac",
+                "perf/wait_s", "learner/loss",
                 "learner/is_weight_mean", "data/next_prompt"):
         assert key in steps[0], key
 
@@ -44,6 +48,7 @@ def test_async_job_bounds_staleness_trains_each_sample_once_and_resumes_exactly(
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5]
     for r in records:
         assert all(r["learner_step"] - v <= cfg.trainer.max_staleness for v in r["policy_versions"])
+        assert [spans[0][0] for spans in r["version_spans"]] == r["policy_versions"]  # the oldest span
     sample_ids = [i for r in records for i in r["sample_ids"]]
     assert len(sample_ids) == len(set(sample_ids)) == 5 * cfg.rollout.prompts_per_step * cfg.algo.group_size
     # Across the resume no prompt is trained twice and none below the data position is skipped
@@ -52,6 +57,19 @@ def test_async_job_bounds_staleness_trains_each_sample_once_and_resumes_exactly(
     assert len(prompts) == len(set(prompts))
     watermark = int([m for m in read_jsonl(out / "metrics.jsonl") if "reward/mean" in m][-1]["data/next_prompt"])
     assert set(range(watermark)) <= set(prompts)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)  # the failure this guards against is a hang
+def test_weight_push_that_times_out_fails_the_async_job_with_a_clear_message(ray_session, job_config):
+    """The first push queues behind the next step's generation on the engine and cannot finish in 10 ms:
+    the job stops with WeightPushError (the producer thread and scoring threads stopped), not a hang."""
+    cfg = job_config(trainer__max_staleness=1, trainer__sft_steps=0, trainer__steps=3,
+                     rollout__weight_push_timeout_s=0.01)
+    with pytest.raises(WeightPushError, match=r"weight push of version 1 to 1/1 rollout engines did not finish "
+                                              r"within rollout.weight_push_timeout_s=0.01 s"):
+        train_async(cfg)
+    assert not [t for t in threading.enumerate() if t.name.startswith(("rollout-producer", "rollout-scoring"))]
 
 
 def test_concurrent_scoring_calls_replace_a_killed_worker_once_and_lose_nothing(ray_session):
