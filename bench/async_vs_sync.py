@@ -4,9 +4,14 @@ Scoring is made as slow as generation (`bench/slow_reward.py`: a per-sample dela
 two reward workers), the situation async rollouts are for. The same job runs with
 trainer.max_staleness 0 (the synchronous driver), 1 and 2; each prints samples/s
 (steps' wall time, start-up excluded), its generate/score/learner seconds per step,
-and reward against wall-clock. The last line is the ratio at staleness 1.
+and reward against wall-clock. For the async runs a profile follows: the fraction of
+the steps' wall clock that generation, scoring and learning were busy
+(`output_dir/timeline.jsonl`). The last line is the ratio at staleness 1.
 
-    .venv/bin/python bench/async_vs_sync.py [--quick] [--steps N] [--reward-delay-ms D]
+    .venv/bin/python bench/async_vs_sync.py [--quick] [--steps N] [--reward-delay-ms D] [--scoring-calls K]
+
+--quick is a smoke check (under a minute): staleness 0 and 1 only, a few steps, no
+warm-up; its figures are not the benchmark's.
 """
 
 from __future__ import annotations
@@ -20,22 +25,24 @@ from pathlib import Path
 import ray
 
 from cispo.config import Config, validate
+from cispo.timeline import busy_seconds, read_spans
 
 SLOW_REWARD = f"{Path(__file__).resolve().parent / 'slow_reward.py'}:delayed_addition_reward"
 
 
-def job_config(output_dir: str, steps: int, sft_steps: int, max_staleness: int) -> Config:
+def job_config(output_dir: str, steps: int, sft_steps: int, max_staleness: int, scoring_calls: int) -> Config:
     cfg = Config()
     cfg.trainer.output_dir, cfg.trainer.steps, cfg.trainer.sft_steps = output_dir, steps, sft_steps
     cfg.trainer.save_every, cfg.trainer.max_staleness = 0, max_staleness
+    cfg.rollout.scoring_calls_in_flight = scoring_calls
     cfg.rollout.max_new_tokens = 8  # as conf/rollout/vllm.yaml
     cfg.reward.fn, cfg.reward.num_workers = SLOW_REWARD, 2
     cfg.logger.mode, cfg.logger.progress_bar = "disabled", False
     return validate(cfg)
 
 
-def run(output_dir: str, steps: int, sft_steps: int, max_staleness: int) -> dict:
-    cfg = job_config(output_dir, steps, sft_steps, max_staleness)
+def run(output_dir: str, steps: int, sft_steps: int, max_staleness: int, scoring_calls: int) -> dict:
+    cfg = job_config(output_dir, steps, sft_steps, max_staleness, scoring_calls)
     if max_staleness == 0:
         from cispo.train import train as driver
     else:
@@ -49,8 +56,16 @@ def run(output_dir: str, steps: int, sft_steps: int, max_staleness: int) -> dict
         curve.append((wall, m["reward/mean"]))
     return {"result": result, "curve": curve, "wall": wall,
             "samples": sum(m["rollout/groups"] for m in steps_m) * cfg.algo.group_size,
+            "busy": busy_fractions(Path(output_dir)) if max_staleness else None,
             **{k: statistics.fmean(m[k] for m in steps_m[1:] or steps_m)
                for k in ("perf/generate_s", "perf/reward_s", "perf/learner_s")}}
+
+
+def busy_fractions(output_dir: Path) -> dict[str, float]:
+    """Fraction of the timeline (first to last span) each kind of work was busy."""
+    spans = read_spans(output_dir)
+    wall = max(e for _, _, e in spans) - min(s for _, s, _ in spans)
+    return {kind: busy_seconds(spans, kind) / wall for kind in ("generate", "score", "learn", "push")}
 
 
 def reward_at(curve: list[tuple[float, float]], fraction: float, window: int = 10) -> tuple[float, float]:
@@ -62,22 +77,26 @@ def reward_at(curve: list[tuple[float, float]], fraction: float, window: int = 1
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="few steps (a smoke run, not the figures)")
-    parser.add_argument("--steps", type=int, default=None, help="RL steps per run (default 60, quick 8)")
-    parser.add_argument("--sft-steps", type=int, default=None, help="warm-up steps (default 40, quick 5)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run under a minute: staleness 0 and 1, few steps (not the figures)")
+    parser.add_argument("--steps", type=int, default=None, help="RL steps per run (default 60, quick 3)")
+    parser.add_argument("--sft-steps", type=int, default=None, help="warm-up steps (default 40, quick 0)")
     parser.add_argument("--reward-delay-ms", type=float, default=12.0,
                         help="per-sample scoring delay; 16x8 samples over 2 workers ~ generation time here")
+    parser.add_argument("--scoring-calls", type=int, default=Config().rollout.scoring_calls_in_flight,
+                        help="rollout.scoring_calls_in_flight of the async runs (1: one scoring call at a time)")
     args = parser.parse_args()
-    steps = args.steps or (8 if args.quick else 60)
-    sft_steps = args.sft_steps if args.sft_steps is not None else (5 if args.quick else 40)
+    steps = args.steps or (3 if args.quick else 60)
+    sft_steps = args.sft_steps if args.sft_steps is not None else (0 if args.quick else 40)
+    staleness_levels = (0, 1) if args.quick else (0, 1, 2)
 
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"BENCH_REWARD_DELAY_S": str(args.reward_delay_ms / 1000)}})
     runs = {}
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            for m in (0, 1, 2):
-                runs[m] = run(f"{tmp}/staleness{m}", steps, sft_steps, m)
+            for m in staleness_levels:
+                runs[m] = run(f"{tmp}/staleness{m}", steps, sft_steps, m, args.scoring_calls)
     finally:
         ray.shutdown()
 
@@ -91,6 +110,12 @@ def main() -> None:
         print(f"{m:>9} {r['samples'] / r['wall']:>9.1f} {r['wall']:>7.1f} {r['perf/generate_s']:>6.2f} "
               f"{r['perf/reward_s']:>7.2f} {r['perf/learner_s']:>7.2f} {t50:>6.1f} {r50:>7.3f} {t100:>6.1f} "
               f"{r100:>8.3f} {r['result']['eval/greedy_reward']:>5.3f}")
+    print(f"\nasync profile ({args.scoring_calls} scoring calls in flight): fraction of wall clock busy")
+    print(f"{'staleness':>9} {'generate':>8} {'score':>6} {'learn':>6} {'push':>6}")
+    for m, r in runs.items():
+        if r["busy"]:
+            b = r["busy"]
+            print(f"{m:>9} {b['generate']:>8.2f} {b['score']:>6.2f} {b['learn']:>6.2f} {b['push']:>6.2f}")
     ratio = (runs[1]["samples"] / runs[1]["wall"]) / (runs[0]["samples"] / runs[0]["wall"])
     print(f"speedup_staleness1_vs_sync={ratio:.2f}")
 
