@@ -78,7 +78,12 @@ class RolloutGroup:
         self.restarts += 1
         ray.kill(self.workers[index])
         worker = self._start(seed=self.spec.seed + index)
-        ray.get(worker.policy_version.remote(), timeout=self.start_timeout_s)
+        try:
+            ray.get(worker.policy_version.remote(), timeout=self.start_timeout_s)
+        except ray.exceptions.GetTimeoutError as e:
+            raise RolloutError(f"the replacement of dead rollout engine {index} did not start within "
+                               f"{self.start_timeout_s:g} s: no node with free CPU {self.spec.num_cpus:g}, "
+                               f"GPU {self.spec.num_gpus:g} and resources {self.spec.resources}?") from e
         if self._weights is not None:
             weights_ref, version = self._weights
             ray.get(worker.update_weights.remote(weights_ref, version), timeout=self.push_timeout_s)
