@@ -8,11 +8,15 @@ An engine actor that dies (its process killed, its node lost) is replaced by a n
 one from the same `EngineSpec`, which gets the last pushed weights and version
 before it takes work; the prompts the dead engine held are issued again to it.
 Replacements are counted (`restarts`); past `max_restarts` the job fails with
-`RolloutError`.
+`RolloutError`. Several threads may use the group (the async producer generates
+while the driver pushes weights): the handles and the last push are read and
+swapped under one lock, and an engine is replaced only if it is still the handle
+that failed, so two calls that saw it die replace it once.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,12 +70,19 @@ class RolloutGroup:
         self.restarts = 0  # engine actors replaced after they died
         # What a replacement engine loads before it takes work: the last push (None: the spec's checkpoint).
         self._weights: tuple[ray.ObjectRef, int] | None = None
+        self._lock = threading.Lock()  # guards workers, _weights and restarts
 
     def _start(self, seed: int):
         return self._actor.remote(self.spec.model_dir, seed, **self.spec.kwargs)
 
-    def replace(self, index: int, error: BaseException) -> None:
-        """Start a new engine in place of dead engine `index`, holding the last pushed weights and version."""
+    def replace(self, index: int, failed, error: BaseException) -> None:
+        """Start a new engine in place of engine `index`, whose handle `failed` died, holding the last
+        pushed weights and version. Nothing to do if another call replaced it already."""
+        with self._lock:
+            if self.workers[index] is failed:
+                self._replace(index, error)
+
+    def _replace(self, index: int, error: BaseException) -> None:
         if self.restarts >= self.max_restarts:
             raise RolloutError(f"rollout engine {index} died and rollout.max_restarts={self.max_restarts} "
                                f"engine restarts are used up: {error}") from error
@@ -98,43 +109,49 @@ class RolloutGroup:
         parts = {i: part for i, part in parts.items() if part}
         deadline = time.monotonic() + self.generate_timeout_s
         out: list[list[Completion]] = [[] for _ in prompts]
-        pending = {self._issue(i, prompts, part, params): i for i, part in parts.items()}
+        pending = dict(self._issue(i, [prompts[j] for j in part], params) for i, part in parts.items())
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
             if not done:
                 raise RolloutError(f"generation did not finish within rollout.generate_timeout_s="
                                    f"{self.generate_timeout_s:g} s")
-            i = pending.pop(done[0])
+            i, worker = pending.pop(done[0])
             try:
                 result = ray.get(done[0])
             except ray.exceptions.RayActorError as e:
-                self.replace(i, e)
-                pending[self._issue(i, prompts, parts[i], params)] = i
+                self.replace(i, worker, e)
+                ref, issued = self._issue(i, [prompts[j] for j in parts[i]], params)
+                pending[ref] = issued
                 continue
             for j, completions in zip(parts[i], result):
                 out[j] = completions
         return out
 
-    def _issue(self, index: int, prompts: list[list[int]], part: list[int], params: SamplingParams):
-        return self.workers[index].generate.remote([prompts[j] for j in part], params)
+    def _issue(self, index: int, prompts: list[list[int]], params: SamplingParams):
+        """(ref, (index, the handle it went to)): a generate call on engine `index`."""
+        with self._lock:
+            worker = self.workers[index]
+        return worker.generate.remote(prompts, params), (index, worker)
 
     def push_weights(self, weights_ref: ray.ObjectRef, version: int) -> float:
         """Load the learner's weights into every engine; seconds taken. Fails loudly past the timeout.
 
         An engine found dead is replaced; the replacement loads these weights as it starts."""
         start = time.perf_counter()
-        self._weights = (weights_ref, version)
-        refs = [w.update_weights.remote(weights_ref, version) for w in self.workers]
+        with self._lock:  # a replacement started after this loads these weights
+            self._weights = (weights_ref, version)
+            workers = list(self.workers)
+        refs = [w.update_weights.remote(weights_ref, version) for w in workers]
         ready, pending = ray.wait(refs, num_returns=len(refs), timeout=self.push_timeout_s)
         if pending:
             raise WeightPushError(
                 f"weight push of version {version} to {len(pending)}/{len(refs)} rollout engines did not finish "
                 f"within rollout.weight_push_timeout_s={self.push_timeout_s:g} s")
-        for i, ref in enumerate(refs):
+        for i, (worker, ref) in enumerate(zip(workers, refs)):
             try:
                 ray.get(ref)  # re-raises an engine's own error
             except ray.exceptions.RayActorError as e:
-                self.replace(i, e)
+                self.replace(i, worker, e)
         versions = ray.get([w.policy_version.remote() for w in self.workers])
         if any(v != version for v in versions):
             raise WeightPushError(f"engines report versions {versions} after pushing version {version}")
