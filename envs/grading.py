@@ -5,6 +5,8 @@ runs. The repository (one commit, no history) and both patches go in with one
 streamed archive; the model's patch is applied with fallbacks, protected paths are
 put back, the test patch goes in. Only then do the tests run, under a timeout, with
 the ids passed as argv (never through a shell string) and pytest's addopts emptied.
+All of it is one exec; per-test outcomes come from the controller's verdict
+(`verdict.py`), never from what pytest prints.
 
 Statuses: resolved (reward 1), unresolved (0; `fraction` says how close),
 patch_failed (0), timeout (0), infra_error (NaN: the trainer masks it; the episode
@@ -50,7 +52,7 @@ class GradeResult:
     patch_method: str = ""  # git_apply, git_apply_reject, patch_fuzz, none (empty patch)
     error: str = ""  # why, for patch_failed / timeout / infra_error, or why the verdict failed every test
     attempts: int = 1  # sandboxes tried: a container that dies mid-episode is an infra failure, retried once
-    log: str = ""  # tail of the test run's output
+    log: str = ""  # tail of the tests' output
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
