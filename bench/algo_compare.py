@@ -18,8 +18,9 @@ shows each loss's smoothed reward curve, mean +- std over seeds.
 one policy version old, so the IS ratios move away from 1 and the losses' clipping
 can differ. With 0 (synchronous, one optimizer step per batch) every ratio is 1 up to
 float noise and CISPO's gradient sg(r)·A·∇logπ equals DAPO's clipped surrogate's, so
-those two runs differ only by noise. Results of finished runs are kept in
-bench/results/algo_compare.json; a rerun with the same settings skips them.
+those two runs differ only by noise. Finished runs are kept in
+bench/results/algo_compare_staleness{K}_steps{N}.json (with the table, .md, and the
+curves, .png); a rerun with the same --steps and --max-staleness skips them.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def job_config(loss: str, seed: int, args: argparse.Namespace) -> Config:
     """The default job (`make train`'s composed config) with this loss, seed and budget."""
     overrides = [f"algo.loss={loss}", f"trainer.steps={args.steps}", "trainer.save_every=0",
                  f"trainer.max_staleness={args.max_staleness}",
-                 f"trainer.output_dir={Path(args.output_root) / f'{loss}_seed{seed}'}",
+                 f"trainer.output_dir={Path(args.output_root) / study_name(args) / f'{loss}_seed{seed}'}",
                  f"model.init_seed={seed}", f"trainer.seed={seed}", f"task.seed={1234 + seed}",
                  "logger.mode=disabled", "logger.progress_bar=false"]
     with initialize_config_module(config_module="cispo.conf", version_base="1.3"):
@@ -62,7 +63,7 @@ def run(loss: str, seed: int, args: argparse.Namespace) -> dict:
     return {"loss": loss, "seed": seed, "rewards": [m["reward/mean"] for m in steps],
             "clip_frac_high": statistics.fmean(m["learner/clip_frac_high"] for m in steps),
             "clip_frac_low": statistics.fmean(m["learner/clip_frac_low"] for m in steps),
-            "samples": sum(m["rollout/groups"] for m in steps) * cfg.algo.group_size,
+            "samples": int(sum(m["rollout/groups"] for m in steps)) * cfg.algo.group_size,
             "eval_greedy_reward": result["eval/greedy_reward"]}
 
 
@@ -140,20 +141,23 @@ def main() -> None:
     parser.add_argument("--report", action="store_true", help="only report the stored runs")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    store = RESULTS / "algo_compare.json"
-    settings = {"steps": args.steps, "max_staleness": args.max_staleness}
-    saved = json.loads(store.read_text()) if store.exists() else {}
-    runs = saved.get("runs", []) if saved.get("settings") == settings else []
+    store = RESULTS / f"{study_name(args)}.json"
+    runs = json.loads(store.read_text()) if store.exists() else []
     if not args.report:
-        run_all(runs, settings, store, args)
+        run_all(runs, store, args)
     text = table(runs, args.losses, args)
     print(text)
-    (RESULTS / "algo_compare.md").write_text(text + "\n")
-    plot(runs, args.losses, args, RESULTS / "algo_compare.png")
-    print(f"curves: {RESULTS / 'algo_compare.png'}")
+    (RESULTS / f"{study_name(args)}.md").write_text(text + "\n")
+    plot(runs, args.losses, args, RESULTS / f"{study_name(args)}.png")
+    print(f"curves: {RESULTS / study_name(args)}.png")
 
 
-def run_all(runs: list[dict], settings: dict, store: Path, args: argparse.Namespace) -> None:
+def study_name(args: argparse.Namespace) -> str:
+    """Runs are comparable (and stored together) only at the same budget and staleness."""
+    return f"algo_compare_staleness{args.max_staleness}_steps{args.steps}"
+
+
+def run_all(runs: list[dict], store: Path, args: argparse.Namespace) -> None:
     """Run every (seed, loss) not in `runs` yet, in one Ray session, storing each as it finishes."""
     ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False)
     try:
@@ -162,7 +166,7 @@ def run_all(runs: list[dict], settings: dict, store: Path, args: argparse.Namesp
                 if any(r["loss"] == loss and r["seed"] == seed for r in runs):
                     continue
                 runs.append(run(loss, seed, args))
-                store.write_text(json.dumps({"settings": settings, "runs": runs}))
+                store.write_text(json.dumps(runs))
                 print(f"done: {loss} seed {seed}: final reward {statistics.fmean(runs[-1]['rewards'][-10:]):.3f}",
                       flush=True)
     finally:
