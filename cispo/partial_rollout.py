@@ -10,6 +10,8 @@ log-probs of the version that sampled them (CISPO's IS weights correct per token
 
 All unfinished responses of a call have the same length (each segment adds exactly
 its cap unless the response stopped), so one continuation call serves them all.
+The engine applies M1's repetition early stop to each segment, so a repetitive run
+that straddles a segment boundary is seen only from the boundary on.
 """
 
 from __future__ import annotations
