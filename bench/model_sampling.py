@@ -13,8 +13,10 @@ import argparse
 import os
 import tempfile
 import time
+from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from model_common import interleaved_best, keep_large_allocations, twin_models
 
 import cispo.model as cm
@@ -26,6 +28,32 @@ def ours_generate(model: cm.LightningMoELM, prompts: list[list[int]], new: int) 
         prompts, SamplingParams(temperature=1.0, max_tokens=new, seed=0)
     )
     assert all(len(c.token_ids) == new for group in out for c in group)
+
+
+def decode_gemm_floor(model: cm.LightningMoELM, batch: int) -> Callable[[], None]:
+    """The GEMMs of one decode step alone: every weight matrix it reads, at its row count
+    (attention and head: `batch` rows; each expert: its even share batch * top_k / E).
+
+    At batch 32 every expert of every layer is hit, so a step reads all the weights
+    (~112 MB here, vs ~30 MB for the dense twin): on this CPU those reads, not the
+    arithmetic, set the floor that no sampler of this model can beat in FP32.
+    """
+    c = model.config
+    share = max(1, batch * c.num_experts_per_tok // c.num_local_experts)
+    mats = [(batch, model.lm_head.weight)]
+    for layer in model.model.layers:
+        attn = [m for m in layer.self_attn.modules() if isinstance(m, torch.nn.Linear)]
+        mats += [(batch, m.weight) for m in attn]
+        ex = layer.mlp.experts
+        mats += [(share, w) for e in range(ex.num_experts) for w in (ex.gate_up_proj[e], ex.down_proj[e])]
+    inputs = [(torch.randn(n, w.shape[1]), w) for n, w in mats]
+
+    def run() -> None:
+        with torch.inference_mode():
+            for x, w in inputs:
+                F.linear(x, w)
+
+    return run
 
 
 def hf_generate(model, prompts: list[list[int]], new: int) -> None:
@@ -83,11 +111,19 @@ def main() -> None:
     prompts = torch.randint(3, 512, (batch, 16), generator=g).tolist()
     hf, ours = twin_models()
 
+    gemms = decode_gemm_floor(ours, batch)
     t = interleaved_best(
-        {"ours": lambda: ours_generate(ours, prompts, new), "hf": lambda: hf_generate(hf, prompts, new)},
+        {
+            "ours": lambda: ours_generate(ours, prompts, new),
+            "hf": lambda: hf_generate(hf, prompts, new),
+            "floor": lambda: [gemms() for _ in range(new)],  # timed like the others: one run of `new` steps
+        },
         rounds=1,  # each full run takes a minute or more; one round keeps the bench under ~5 minutes
     )
     ours_rate, hf_rate = batch * new / t["ours"], batch * new / t["hf"]
+    step = {name: t[name] / new * 1e3 for name in t}  # ms per generated token
+    print(f"per step: ours {step['ours']:.1f} ms (prefill and sampling included), hf {step['hf']:.1f} ms, "
+          f"the step's GEMMs alone {step['floor']:.1f} ms (ours/floor = {step['ours'] / step['floor']:.2f})")
     print(f"batch {batch}, {new} new tokens, tokens/s:")
     print(f"  ours (built-in sampler)     {ours_rate:8.0f}")
     print(f"  transformers generate       {hf_rate:8.0f}   ours/hf   = {ours_rate / hf_rate:.2f}x")
