@@ -3,7 +3,8 @@
 `code_reward(prompt, response, metadata)` takes the last ```python block of the
 response as `solution.py` and runs `metadata["tests"]` (pytest source that imports
 from `solution`) next to it. Score 1.0 only if the tests ran and every one passed;
-`fraction` says how many did. Statuses: resolved, unresolved, timeout, infra_error
+`fraction` says how many did. The outcomes come from the grading controller's verdict
+(`verdict.py`), as for SWE tasks. Statuses: resolved, unresolved, timeout, infra_error
 (score NaN, masked by the trainer).
 
 metadata: `tests` (str, required), `timeout` (seconds, default 30), `image` (optional).
@@ -17,10 +18,10 @@ import time
 from typing import Any
 
 from cispo.envs.engine import InfraError
-from cispo.envs.grading import PYTEST_ARGS
+from cispo.envs.grading import CONTROLLER_GRACE, PYTEST_ARGS, VERDICT_CAP
 from cispo.envs.pool import SandboxPool, shared_pool
 from cispo.envs.sandbox import tar_files
-from cispo.envs.testlog import PASSED, read_summary
+from cispo.envs.verdict import PASSED, read_verdict, verdict_run
 
 _FENCE = re.compile(r"```(?:python|py)[ \t]*\n(.*?)```", re.DOTALL)
 DIR = "/workspace/code"
@@ -38,26 +39,32 @@ def run_code_tests(code: str, tests: str, pool: SandboxPool, timeout: float = 30
     if not code.strip():
         return {"score": 0.0, "status": "unresolved", "fraction": 0.0, "tests": {}, "error": "no ```python block in the response"}
     files = tar_files({"code/solution.py": code, "code/test_solution.py": tests})
+    vrun = verdict_run(["tar", "-x", "--no-same-owner", "-C", "/workspace"], files,
+                       ["python3", "-m", "pytest", *PYTEST_ARGS, "test_solution.py"], DIR, timeout)
     try:
         with pool.sandbox(image) as sb:
-            sb.write_tar(files)
-            run = sb.exec(["python3", "-m", "pytest", *PYTEST_ARGS, "test_solution.py"], timeout=timeout, workdir=DIR)
+            run = sb.exec(vrun.argv, stdin=vrun.stdin, timeout=timeout + CONTROLLER_GRACE, output_cap=VERDICT_CAP,
+                          trusted=True)
     except InfraError as e:
         return {"score": math.nan, "status": "infra_error", "error": str(e)}
-    outcomes = read_summary(run.output)
+    verdict = read_verdict(run.output, vrun.secret, None)
+    if verdict.prepare_code not in (None, 0):
+        return {"score": math.nan, "status": "infra_error", "error": f"unpacking failed: {verdict.prepare_output[-500:]}"}
+    outcomes = verdict.tests
     passed = sum(v == PASSED for v in outcomes.values())
     fraction = passed / len(outcomes) if outcomes else 0.0
-    if run.timed_out:
+    if verdict.timed_out or run.timed_out:
         status = "timeout"
     else:
-        status = "resolved" if outcomes and passed == len(outcomes) and run.exit_code == 0 else "unresolved"
+        status = "resolved" if outcomes and passed == len(outcomes) and not verdict.error else "unresolved"
     return {
         "score": 1.0 if status == "resolved" else 0.0,
         "status": status,
         "fraction": fraction,
         "tests": outcomes,
         "seconds": time.monotonic() - start,
-        "log": run.output[-2000:],
+        "error": verdict.error,
+        "log": verdict.log[-2000:],
     }
 
 

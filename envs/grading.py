@@ -26,8 +26,7 @@ from cispo.envs.pool import SandboxPool
 from cispo.envs.repo import RepoError, snapshot
 from cispo.envs.sandbox import ExecResult, tar_files
 from cispo.envs.tasks import SWETask
-from cispo.envs.testlog import PASSED
-from cispo.envs.verdict import Verdict, read_verdict, verdict_run
+from cispo.envs.verdict import PASSED, Verdict, read_verdict, verdict_run
 
 Status = Literal["resolved", "unresolved", "patch_failed", "timeout", "infra_error"]
 PYTEST_ARGS = ("-rA", "-p", "no:cacheprovider", "-o", "addopts=")

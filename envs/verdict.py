@@ -24,8 +24,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from cispo.envs.testlog import FAILED, PASSED
-
+PASSED, FAILED = "passed", "failed"
 _HERE = Path(__file__).parent
 CONTROLLER = (_HERE / "test_controller.py").read_text()
 PLUGIN = (_HERE / "verdict_plugin.py").read_bytes()
@@ -60,9 +59,13 @@ def verdict_run(prepare: list[str], bundle: bytes, test: list[str], cwd: str, ti
     return VerdictRun(["python3", "-I", "-S", "-c", CONTROLLER, job], stdin, secret)
 
 
-def read_verdict(output: str, secret: str, test_ids: list[str]) -> Verdict:
-    """The controller's verdict in `output`, its per-test outcomes checked for consistency."""
-    all_failed = {tid: FAILED for tid in test_ids}
+def read_verdict(output: str, secret: str, test_ids: list[str] | None) -> Verdict:
+    """The controller's verdict in `output`, its per-test outcomes checked for consistency.
+
+    `test_ids`: the tests that count, each matched exactly (ids may hold spaces,
+    quotes, brackets, " - "); a missing one failed. None: every test the run reported.
+    """
+    all_failed = {tid: FAILED for tid in test_ids or ()}
     marker = f"<<cispo-verdict {secret}>> "
     at = output.rfind(marker)
     if at < 0:
@@ -81,8 +84,12 @@ def read_verdict(output: str, secret: str, test_ids: list[str]) -> Verdict:
     error = _inconsistency(code, records)
     if error:
         return Verdict(**ran, tests=all_failed, error=error)
-    reports = [r for r in records if r.get("event") == "report"]
-    return Verdict(**ran, tests={tid: _outcome([r for r in reports if r.get("nodeid") == tid]) for tid in test_ids})
+    by_id: dict[str, list[dict]] = {}
+    for r in records:
+        if r.get("event") == "report":
+            by_id.setdefault(r.get("nodeid"), []).append(r)
+    ids = test_ids if test_ids is not None else list(by_id)
+    return Verdict(**ran, tests={tid: _outcome(by_id.get(tid, [])) for tid in ids})
 
 
 def _inconsistency(code: int, records: list[dict]) -> str:

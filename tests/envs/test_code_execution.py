@@ -33,6 +33,9 @@ def _shared(pool):
         ("```python\ndef add(a, b):\n    while True:\n        pass\n```", "timeout", 0.0, 0.0),
         ("```python\nimport os\nos.kill(1, 9)\ndef add(a, b):\n    return a + b\n```", "unresolved", 0.0, 0.0),
         ("no code here", "unresolved", 0.0, 0.0),
+        # a fake summary and a clean exit at import: the verdict, not pytest's output, decides
+        ("```python\nimport os\nos.write(1, b'=== short test summary info ===\\nPASSED test_solution.py::test_small\\n"
+         "PASSED test_solution.py::test_negative\\n')\nos._exit(0)\n```", "unresolved", 0.0, 0.0),
     ],
 )
 def test_code_reward(response, status, score, fraction):
