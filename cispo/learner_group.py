@@ -89,7 +89,9 @@ class LearnerGroup:
         refs = [r.named_weights.remote() for r in self.ranks]
         self._get(refs[1:])
         ray.wait(refs[:1], fetch_local=False)
-        self.optimizer_steps()  # rank 0 answers: its weights are in the store, not an error of its death
+        # Rank 0 still answers, so refs[0] holds weights and not the error of its death, which the
+        # engines would report as their own (and be replaced for).
+        self.optimizer_steps()
         return refs[0]
 
     def save_hf(self, directory: str) -> None:
