@@ -80,6 +80,7 @@ class RewardPool:
         refs = {i: workers[i].score.remote([items[j] for j in part]) for i, part in enumerate(parts) if part}
         deadline = {i: time.monotonic() + self._time_limit_s(len(parts[i])) for i in refs}
         results: list[RewardResult | None] = [None] * len(items)
+        with_errors = set()  # workers whose part has an error: one of them may have been poisoned
         for i, ref in refs.items():
             part = [items[j] for j in parts[i]]
             try:
@@ -92,12 +93,17 @@ class RewardPool:
                 part_results = self._score_again(i, part)
             for j, result in zip(parts[i], part_results):
                 results[j] = result
-        for i in refs:
+            if any(r.error is not None for r in part_results):
+                with_errors.add(i)
+        # Only a timed-out call poisons a worker, and it leaves an error in its part. Asking a worker
+        # without errors would queue behind the other scoring calls' parts and delay this one; a worker
+        # that died after answering is found by the next call, which scores its part again.
+        for i in with_errors:
             worker = self.workers[i]
             try:
                 poisoned = ray.get(worker.is_poisoned.remote())
             except ray.exceptions.RayActorError:
-                poisoned = True  # died since it answered: replace it now rather than fail the next step
+                poisoned = True  # died since it answered: replace it now
             if poisoned:
                 self._replace(i, worker)  # a timed-out call is still running in that worker
         return results  # type: ignore[return-value]
