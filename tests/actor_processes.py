@@ -43,10 +43,12 @@ def actor_processes(raylets: list[int], title: str) -> list[psutil.Process]:
 def kill_while_running(raylets: list[int], title: str, when: Callable[[], bool] = lambda: True,
                        timeout_s: float = 300.0) -> int | None:
     """Once `when()` holds, SIGKILL the first process seen running `title` ("Class.method");
-    its pid, or None when none ran within timeout_s."""
+    its pid, or None when none ran within timeout_s of `when()` holding."""
+    while not when():
+        time.sleep(0.05)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        running = actor_processes(raylets, title) if when() else []
+        running = actor_processes(raylets, title)
         if running:
             os.kill(running[0].pid, signal.SIGKILL)
             return running[0].pid
@@ -55,8 +57,9 @@ def kill_while_running(raylets: list[int], title: str, when: Callable[[], bool] 
 
 
 class Killer(threading.Thread):
-    """In the background: kill the actor process running `title` once `when()` holds; `pid` says
-    which process (None: none ran in time)."""
+    """In the background (a daemon thread: it waits forever for `when()`, and dies with the test
+    process if that never holds): kill the actor process running `title` once `when()` holds;
+    `pid` says which process (None: none ran in time)."""
 
     def __init__(self, raylets: list[int], title: str, when: Callable[[], bool] = lambda: True,
                  timeout_s: float = 300.0):
