@@ -233,3 +233,16 @@ def test_recomputed_old_logp_keeps_the_sampler_logp_for_the_mismatch():
     assert recomputed.old_logp[0].tolist() == pytest.approx([0.0, -0.1, -0.1])  # response targets only
     assert recomputed.sampler_logp[0].tolist() == pytest.approx([0.0, -0.5, -0.7])
     assert [len(c) for c in recomputed.chunks(2)] == [1, 0]  # the new field travels with the chunks
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("old_logp", "behaviour", "algo.old_logp: must be rollout or recompute"),
+    ("curriculum_caps", [8, 8], "algo.curriculum_caps: must be positive and strictly increasing"),
+    ("curriculum_caps", [8, 256], "algo.curriculum_caps: the last cap 256 must be < model.max_position_embeddings"),
+    ("overlong_buffer", 9, "algo.overlong_buffer: 9 exceeds the response cap 8"),
+])
+def test_config_names_a_bad_control(key, value, match):
+    from cispo.config import ConfigError, validate
+
+    with pytest.raises(ConfigError, match=match):
+        validate(_cfg(**{key: value}))
