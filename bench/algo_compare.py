@@ -9,7 +9,8 @@ the final reward (mean of the last --smooth steps), and how often each loss's cl
 acted. A table is printed and written with the curves to bench/results/; the PNG
 shows each loss's smoothed reward curve, mean +- std over seeds.
 
-    .venv/bin/python bench/algo_compare.py [--steps N] [--seeds 0 1 2] [--max-staleness K] [--report]
+    .venv/bin/python bench/algo_compare.py [--steps N] [--seeds 0 1 2] [--max-staleness K]
+                                           [--losses cispo dapo grpo] [--override KEY=VALUE ...] [--report]
 
 --report prints the table and draws the PNG from the stored runs without running any
 (e.g. with another --threshold).
@@ -46,7 +47,7 @@ def job_config(loss: str, seed: int, args: argparse.Namespace) -> Config:
                  f"trainer.max_staleness={args.max_staleness}",
                  f"trainer.output_dir={Path(args.output_root) / study_name(args) / f'{loss}_seed{seed}'}",
                  f"model.init_seed={seed}", f"trainer.seed={seed}", f"task.seed={1234 + seed}",
-                 "logger.mode=disabled", "logger.progress_bar=false"]
+                 "logger.mode=disabled", "logger.progress_bar=false", *args.override]
     with initialize_config_module(config_module="cispo.conf", version_base="1.3"):
         return validate(OmegaConf.to_object(compose("config", overrides=overrides)))
 
@@ -138,6 +139,8 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=0.8)
     parser.add_argument("--smooth", type=int, default=10)
     parser.add_argument("--output-root", default="outputs/algo_compare")
+    parser.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="Hydra overrides for every run, e.g. algo.eps_high_is=0.28 (a study of its own)")
     parser.add_argument("--report", action="store_true", help="only report the stored runs")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -153,8 +156,8 @@ def main() -> None:
 
 
 def study_name(args: argparse.Namespace) -> str:
-    """Runs are comparable (and stored together) only at the same budget and staleness."""
-    return f"algo_compare_staleness{args.max_staleness}_steps{args.steps}"
+    """Runs are comparable (and stored together) only at the same budget, staleness and overrides."""
+    return "_".join([f"algo_compare_staleness{args.max_staleness}_steps{args.steps}", *args.override])
 
 
 def run_all(runs: list[dict], store: Path, args: argparse.Namespace) -> None:
