@@ -9,6 +9,7 @@ the steps' wall clock that generation, scoring and learning were busy
 (`output_dir/timeline.jsonl`). The last line is the ratio at staleness 1.
 
     .venv/bin/python bench/async_vs_sync.py [--quick] [--steps N] [--reward-delay-ms D] [--scoring-calls K]
+        [--staleness 0,1,2]
 
 --quick is a smoke check (under a minute): staleness 0 and 1 only, a few steps, no
 warm-up; its figures are not the benchmark's.
@@ -85,10 +86,13 @@ def main() -> None:
                         help="per-sample scoring delay; 16x8 samples over 2 workers ~ generation time here")
     parser.add_argument("--scoring-calls", type=int, default=Config().rollout.scoring_calls_in_flight,
                         help="rollout.scoring_calls_in_flight of the async runs (1: one scoring call at a time)")
+    parser.add_argument("--staleness", default=None, help="comma-separated levels (default 0,1,2; quick 0,1)")
     args = parser.parse_args()
     steps = args.steps or (3 if args.quick else 60)
     sft_steps = args.sft_steps if args.sft_steps is not None else (0 if args.quick else 40)
-    staleness_levels = (0, 1) if args.quick else (0, 1, 2)
+    staleness_levels = [int(m) for m in (args.staleness or ("0,1" if args.quick else "0,1,2")).split(",")]
+    if not {0, 1} <= set(staleness_levels):
+        parser.error("--staleness must include 0 and 1: the last line is their ratio")
 
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"BENCH_REWARD_DELAY_S": str(args.reward_delay_ms / 1000)}})
