@@ -1,8 +1,7 @@
 """Mixture-of-experts FFN: softmax router, top-k renormalised weights, SwiGLU experts in grouped form.
 
 Tokens are sorted by expert once, so each expert's tokens are one contiguous block
-and each projection is one batched GEMM over the experts (or one GEMM per expert when
-their loads are very uneven): no per-token work in Python. The router's per-layer counts and
+and each projection is one GEMM per expert: no per-token work in Python. The router's per-layer counts and
 probability sums come back with the output so the model can form the load-balancing
 loss and the routing statistics the trainer logs.
 """
@@ -53,50 +52,25 @@ class Experts(nn.Module):
         """x (T, D), top_w / top_i (T, k) -> (T, D): sum over the k chosen experts of weight * expert(x).
 
         The (token, expert) pairs are sorted by expert, so each expert's rows are one
-        contiguous run. When the experts' loads are even enough that padding every run to
-        the busiest one at most doubles the rows, the runs go into one (E, capacity, D)
-        buffer and each projection is one batched GEMM over all experts (few kernels: what
-        decoding, at a few rows per expert, needs); otherwise one GEMM per expert. (torch's
-        grouped_mm would fuse the E GEMMs without padding, but on CPU it wants the weights
-        transposed, runs at half the GEMM rate measured here, and its backward rejects
-        expanded gradients.)
+        contiguous slice and each projection is one GEMM per expert. (torch's grouped_mm
+        would fuse the E GEMMs, but on CPU it wants the weights transposed, runs at half
+        the GEMM rate measured here, and its backward rejects expanded gradients.)
         """
         T, k = top_i.shape
         flat_expert = top_i.reshape(-1)  # (T*k,)
         order = torch.argsort(flat_expert, stable=True)  # (S,) assignment rows grouped by expert
         token = order // k  # (S,) token of each sorted row
-        counts = torch.bincount(flat_expert, minlength=self.num_experts)  # (E,)
-        rows = x[token]  # (S, D)
-        capacity = int(counts.max())
-        if self.num_experts * capacity <= 2 * order.numel():
-            out = self._padded(rows, flat_expert[order], counts, capacity)
-        else:
-            out = self._per_expert(rows, counts.tolist())
+        counts = torch.bincount(flat_expert, minlength=self.num_experts).tolist()
         weight = top_w.reshape(-1)[order, None].to(x.dtype)  # (S, 1)
-        return torch.zeros_like(x).index_add_(0, token, out * weight)
 
-    def _swiglu(self, rows: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
-        """rows (..., n, D) through gate_up (..., D, 2I) and down (..., I, D) (batched or one expert)."""
-        gate, up = torch.matmul(rows, gate_up).chunk(2, dim=-1)  # (..., n, I) each
-        return torch.matmul(F.silu(gate) * up, down)
-
-    def _padded(self, rows: torch.Tensor, expert: torch.Tensor, counts: torch.Tensor, capacity: int) -> torch.Tensor:
-        """Sorted rows (S, D) of experts `expert` (S,) -> outputs (S, D), two batched GEMMs over all experts."""
-        E, D = self.num_experts, rows.shape[1]
-        first = torch.cumsum(counts, 0) - counts  # (E,) first sorted row of each expert
-        slot = expert * capacity + torch.arange(rows.shape[0], device=rows.device) - first[expert]  # (S,)
-        padded = rows.new_zeros(E * capacity, D).index_copy(0, slot, rows).view(E, capacity, D)
-        out = self._swiglu(padded, self.gate_up_proj.transpose(1, 2), self.down_proj.transpose(1, 2))
-        return out.view(E * capacity, D)[slot]
-
-    def _per_expert(self, rows: torch.Tensor, counts: list[int]) -> torch.Tensor:
-        """Sorted rows (S, D) -> outputs (S, D), one GEMM per expert and projection."""
-        outputs = [
-            self._swiglu(xs, self.gate_up_proj[e].T, self.down_proj[e].T)
-            for e, xs in enumerate(rows.split(counts))
-            if xs.shape[0] > 0
-        ]
-        return torch.cat(outputs)
+        rows = x[token]  # (S, D)
+        outputs = []
+        for e, (xs, ws) in enumerate(zip(rows.split(counts), weight.split(counts))):
+            if xs.shape[0] == 0:
+                continue
+            gate, up = F.linear(xs, self.gate_up_proj[e]).chunk(2, dim=-1)  # (n_e, I) each
+            outputs.append(F.linear(F.silu(gate) * up, self.down_proj[e]) * ws)  # (n_e, D)
+        return torch.zeros_like(x).index_add_(0, token, torch.cat(outputs))
 
 
 class SparseMoeBlock(nn.Module):

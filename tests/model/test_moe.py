@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn.functional as F
 import transformers
@@ -36,26 +35,6 @@ def test_moe_output_equals_per_token_hand_computation():
             counts[e] += 1
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
     assert torch.equal(stats.tokens_per_expert, counts) and stats.num_tokens == 37
-
-
-@pytest.mark.parametrize("routing, form", [("even", "_padded"), ("all_to_one", "_per_expert")])
-def test_both_grouping_forms_equal_the_hand_computation(routing, form, monkeypatch):
-    """Even loads take the padded batched-GEMM form, one overloaded expert the per-expert form."""
-    experts = _block(3).experts
-    T, E = 24, experts.num_experts
-    x = torch.randn(T, 128)
-    top_i = (torch.arange(T) % E if routing == "even" else torch.zeros(T, dtype=torch.int64))[:, None]  # top-1
-    top_w = torch.rand(T, 1)
-    ran = []
-    monkeypatch.setattr(experts, form, lambda *a, f=getattr(experts, form): ran.append(form) or f(*a))
-    out = experts(x, top_w, top_i)
-    expected = torch.zeros_like(x)
-    for t in range(T):
-        for w, e in zip(top_w[t], top_i[t]):
-            gate, up = (experts.gate_up_proj[e] @ x[t]).chunk(2)
-            expected[t] += w * (experts.down_proj[e] @ (F.silu(gate) * up))
-    assert ran == [form]
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_moe_block_equals_transformers_block():
