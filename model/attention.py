@@ -134,8 +134,8 @@ class SoftmaxAttention(nn.Module):
         if not isinstance(ctx.slots, slice):  # kp, vp were gathered copies: write the new K/V back too
             ctx.cache.keys[self.layer_idx][ctx.slots, :, pos] = k
             ctx.cache.values[self.layer_idx][ctx.slots, :, pos] = v
-        # One query per sequence: plain batched matmuls beat SDPA's flash kernel here (measured
-        # 3 ms per call for 32 x 1 queries, its blocking is built for long query runs).
+        # One query per sequence: two batched matmuls. SDPA's CPU flash kernel, blocked for long
+        # query runs, was the costliest single op of a profiled decode step.
         N, KVH = q.shape[0], self.num_kv_heads
         scores = torch.matmul(q.view(N, KVH, -1, self.head_dim), kp.transpose(-1, -2))  # (N, KVH, H/KVH, L)
         hidden = torch.arange(L, device=q.device)[None, :] > pos[:, None]  # (N, L) beyond each slot's length

@@ -105,7 +105,9 @@ def _entering_states(kv: torch.Tensor, block_doc: torch.Tensor, g: torch.Tensor)
     return entering.masked_fill(starts_doc[None, :, None, None], 0.0)
 
 
-def decode_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
+def decode_step(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor, slope: torch.Tensor
+) -> torch.Tensor:
     """One token per sequence: S <- exp(-s) S + k^T v, o = q S, updating `state` in place.
 
     q, k, v: (N, H, d); state: (N, H, d, d) FP32 and contiguous (the cache rows of the

@@ -5,9 +5,9 @@ times) waits in a queue; free slots take the next prompts in one packed prefill,
 running slots advance one token per batched decode step, and a slot whose sequence
 finishes is handed to the next waiting prompt at once. Samples of one prompt admitted
 together share its prefill: the prompt runs once and its state is copied to their
-slots (prefill-once). Each slot's state is one FP32
-(H, d, d) matrix per lightning layer plus the K/V of the softmax layers, so memory
-per slot grows only with the softmax layers' context.
+slots (prefill-once). Each slot's state is one FP32 (H, d, d) matrix per lightning
+layer plus the K/V of the softmax layers, so memory per slot grows only with the
+softmax layers' context.
 
 A sequence finishes with:
 * "stop": it sampled one of `stop_token_ids` (the stop token is kept, with its log-prob,
