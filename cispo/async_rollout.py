@@ -53,7 +53,7 @@ CALLS_PER_ENGINE_PER_STEP = 4
 
 @dataclass
 class _Call:
-    ref: ray.ObjectRef
+    ref: ray.ObjectRef | None  # the engine call in flight (with partial rollouts, its latest segment)
     prompt_indices: list[int]
     rows: list
     prompt_ids: list[list[int]]
