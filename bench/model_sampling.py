@@ -34,9 +34,9 @@ def decode_gemm_floor(model: cm.LightningMoELM, batch: int) -> Callable[[], None
     """The GEMMs of one decode step alone: every weight matrix it reads, at its row count
     (attention and head: `batch` rows; each expert: its even share batch * top_k / E).
 
-    At batch 32 every expert of every layer is hit, so a step reads all the weights
-    (~112 MB here, vs ~30 MB for the dense twin): on this CPU those reads, not the
-    arithmetic, set the floor that no sampler of this model can beat in FP32.
+    At batch 32 every expert of every layer is hit, so a step runs all the weights
+    (~112 MB here, vs ~30 MB for the dense twin): these GEMMs are a floor no FP32
+    sampler of this model goes below, whatever it does around them.
     """
     c = model.config
     share = max(1, batch * c.num_experts_per_tok // c.num_local_experts)
