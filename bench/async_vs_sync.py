@@ -1,6 +1,6 @@
 """Asynchronous vs synchronous RL steps, side by side in one run: the same job and sample budget.
 
-Scoring is made as slow as generation (`bench/slow_reward.py`: a per-sample delay,
+Scoring is slowed down (`bench/slow_reward.py`: a per-sample delay,
 two reward workers), the situation async rollouts are for. The same job runs with
 trainer.max_staleness 0 (the synchronous driver), 1 and 2; each prints samples/s
 (steps' wall time, start-up excluded), its generate/score/learner seconds per step,
@@ -83,7 +83,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="RL steps per run (default 60, quick 3)")
     parser.add_argument("--sft-steps", type=int, default=None, help="warm-up steps (default 40, quick 0)")
     parser.add_argument("--reward-delay-ms", type=float, default=12.0,
-                        help="per-sample scoring delay; 16x8 samples over 2 workers ~ generation time here")
+                        help="per-sample scoring delay; on the 2-core CI machine 12 ms makes scoring ~5x generation, "
+                             "6 ms ~ generation + learner, 3 ms ~ generation")
     parser.add_argument("--scoring-calls", type=int, default=Config().rollout.scoring_calls_in_flight,
                         help="rollout.scoring_calls_in_flight of the async runs (1: one scoring call at a time)")
     parser.add_argument("--staleness", default=None, help="comma-separated levels (default 0,1,2; quick 0,1)")
