@@ -61,6 +61,8 @@ class _Call:
     issued_at: float
     min_version: int  # the version pushed before the call was issued: it samples with this or newer
     partial: PartialResponses | None = None  # partial rollouts: the responses so far
+    worker: ray.actor.ActorHandle | None = None  # the engine actor the call went to
+    segment: tuple | None = None  # (prompt_ids, params) it was issued with, to issue again if that actor dies
 
 
 class RolloutProducer:
@@ -106,7 +108,9 @@ class RolloutProducer:
     def _issue(self, call: _Call, prompt_ids: list[list[int]], params) -> None:
         """Send (a segment of) a call to its engine; the collector waits for it."""
         with self._cond:
-            call.ref = self.job.rollout.workers[call.engine].generate.remote(prompt_ids, params)
+            call.worker = self.job.rollout.worker(call.engine)
+            call.ref = call.worker.generate.remote(prompt_ids, params)
+            call.segment = (prompt_ids, params)
             call.issued_at, call.min_version = time.perf_counter(), self.job.state.version
             self._calls.append(call)
             self._cond.notify_all()
@@ -174,7 +178,13 @@ class RolloutProducer:
                 with self._cond:
                     call = next(c for c in self._calls if c.ref == done[0])
                     self._calls.remove(call)
-                completions = ray.get(call.ref)
+                try:
+                    completions = ray.get(call.ref)
+                except ray.exceptions.RayActorError as e:
+                    # Its engine died: a replacement holding the last pushed weights gets the call again.
+                    self.job.rollout.replace(call.engine, call.worker, e)
+                    self._issue(call, *call.segment)
+                    continue
                 generated = time.perf_counter()
                 with self._cond:
                     started = max(call.issued_at, self._engine_free_at[call.engine])

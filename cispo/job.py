@@ -11,6 +11,7 @@ import os
 import shutil
 import statistics
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import ray
@@ -71,22 +72,28 @@ class Job:
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(policy_dir))
-        self.learner = LearnerGroup(cfg, str(policy_dir))
-        if resumed is not None:
-            self.learner.load_checkpoint(str(deepspeed_dir(self.out)), tag(self.state.step))
-        r = cfg.rollout
-        kwargs = ({"dtype": r.dtype, "max_model_len": cfg.model.max_position_embeddings, "kv_cache_gib": r.kv_cache_gib}
-                  if r.engine == "vllm" else {"num_threads": max(1, int(r.num_cpus_per_worker))})
-        self.rollout = RolloutGroup(
-            EngineSpec(r.engine, str(policy_dir), r.num_cpus_per_worker, r.num_gpus_per_worker, kwargs, cfg.trainer.seed,
-                       dict(r.resources)),
-            r.num_workers, r.generate_timeout_s, r.weight_push_timeout_s, max_restarts=r.max_restarts)
-        rw = cfg.reward
-        self.rewards = RewardPool(rw.fn, rw.timeout_s, rw.max_error_fraction, rw.num_workers, rw.batched)
-        self.tracker = Tracker(cfg, cfg.trainer.steps, self.state.step)
-        self.resumed = resumed is not None
-        if self.resumed:  # the engines loaded the checkpoint's weights but count versions from 0
-            self.push_weights(self.state.version)
+        with ExitStack() as started:  # a part that fails to start stops the actors started before it
+            self.learner = LearnerGroup(cfg, str(policy_dir))
+            started.callback(self.learner.shutdown)
+            if resumed is not None:
+                self.learner.load_checkpoint(str(deepspeed_dir(self.out)), tag(self.state.step))
+            r = cfg.rollout
+            kwargs = ({"dtype": r.dtype, "max_model_len": cfg.model.max_position_embeddings,
+                       "kv_cache_gib": r.kv_cache_gib}
+                      if r.engine == "vllm" else {"num_threads": max(1, int(r.num_cpus_per_worker))})
+            self.rollout = RolloutGroup(
+                EngineSpec(r.engine, str(policy_dir), r.num_cpus_per_worker, r.num_gpus_per_worker, kwargs,
+                           cfg.trainer.seed, dict(r.resources)),
+                r.num_workers, r.generate_timeout_s, r.weight_push_timeout_s, max_restarts=r.max_restarts)
+            started.callback(self.rollout.shutdown)
+            rw = cfg.reward
+            self.rewards = RewardPool(rw.fn, rw.timeout_s, rw.max_error_fraction, rw.num_workers, rw.batched)
+            started.callback(self.rewards.shutdown)
+            self.resumed = resumed is not None
+            if self.resumed:  # the engines loaded the checkpoint's weights but count versions from 0
+                self.push_weights(self.state.version)
+            self.tracker = Tracker(cfg, cfg.trainer.steps, self.state.step)
+            started.pop_all()
 
     def fault_metrics(self) -> dict[str, float]:
         """Actors this job replaced after they died (or hung), so far: none of it is silent."""

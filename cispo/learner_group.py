@@ -41,6 +41,7 @@ class LearnerGroup:
         try:
             ray.get(self.pg.ready(), timeout=300)
         except ray.exceptions.GetTimeoutError as e:
+            remove_placement_group(self.pg)
             raise RuntimeError(f"no room in the Ray cluster for {lc.world_size} learner ranks of {bundle} "
                                f"within 300 s; free resources: {ray.available_resources()}") from e
         actor = ray.remote(Learner)

@@ -50,8 +50,12 @@ class RewardPool:
         try:
             ray.get([w.is_poisoned.remote() for w in self.workers], timeout=start_timeout_s)
         except ray.exceptions.GetTimeoutError as e:
+            self.shutdown()
             raise RuntimeError(f"reward workers for {spec} did not start within {start_timeout_s:g} s "
                                "(not enough free CPUs in the Ray cluster?)") from e
+        except ray.exceptions.RayActorError as e:  # its __init__ raised: the function did not load
+            self.shutdown()
+            raise RuntimeError(f"reward workers for {spec} did not start: {e}") from e
         self.restarts = 0
         self._lock = threading.Lock()  # guards `workers` and `restarts` against concurrent scoring calls
 

@@ -66,7 +66,11 @@ class RolloutGroup:
         self._actor = ray.remote(num_cpus=spec.num_cpus, num_gpus=spec.num_gpus,
                                  resources=spec.resources or None)(_engine_class(spec.engine))
         self.workers = [self._start(seed=spec.seed + i) for i in range(num_workers)]
-        ray.get([w.policy_version.remote() for w in self.workers], timeout=start_timeout_s)
+        try:
+            ray.get([w.policy_version.remote() for w in self.workers], timeout=start_timeout_s)
+        except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError) as e:
+            self.shutdown()
+            raise RolloutError(f"{num_workers} rollout engines did not start: {self._start_failure(e)}") from e
         self.restarts = 0  # engine actors replaced after they died
         # What a replacement engine loads before it takes work: the last push (None: the spec's checkpoint).
         self._weights: tuple[ray.ObjectRef, int] | None = None
@@ -74,6 +78,13 @@ class RolloutGroup:
 
     def _start(self, seed: int):
         return self._actor.remote(self.spec.model_dir, seed, **self.spec.kwargs)
+
+    def _start_failure(self, error: BaseException) -> str:
+        """Why engines did not start, for the error a user sees."""
+        if isinstance(error, ray.exceptions.GetTimeoutError):
+            return (f"not ready within {self.start_timeout_s:g} s: no node with free CPU {self.spec.num_cpus:g}, "
+                    f"GPU {self.spec.num_gpus:g} and resources {self.spec.resources}?")
+        return f"an engine died while loading {self.spec.model_dir}: {error}"
 
     def replace(self, index: int, failed, error: BaseException) -> None:
         """Start a new engine in place of engine `index`, whose handle `failed` died, holding the last
@@ -91,10 +102,10 @@ class RolloutGroup:
         worker = self._start(seed=self.spec.seed + index)
         try:
             ray.get(worker.policy_version.remote(), timeout=self.start_timeout_s)
-        except ray.exceptions.GetTimeoutError as e:
-            raise RolloutError(f"the replacement of dead rollout engine {index} did not start within "
-                               f"{self.start_timeout_s:g} s: no node with free CPU {self.spec.num_cpus:g}, "
-                               f"GPU {self.spec.num_gpus:g} and resources {self.spec.resources}?") from e
+        except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError) as e:
+            ray.kill(worker)
+            raise RolloutError(f"the replacement of dead rollout engine {index} did not start: "
+                               f"{self._start_failure(e)}") from e
         if self._weights is not None:
             weights_ref, version = self._weights
             ray.get(worker.update_weights.remote(weights_ref, version), timeout=self.push_timeout_s)
@@ -127,10 +138,14 @@ class RolloutGroup:
                 out[j] = completions
         return out
 
+    def worker(self, index: int):
+        """Engine `index`'s current actor handle (a replacement, once the first died)."""
+        with self._lock:
+            return self.workers[index]
+
     def _issue(self, index: int, prompts: list[list[int]], params: SamplingParams):
         """(ref, (index, the handle it went to)): a generate call on engine `index`."""
-        with self._lock:
-            worker = self.workers[index]
+        worker = self.worker(index)
         return worker.generate.remote(prompts, params), (index, worker)
 
     def push_weights(self, weights_ref: ray.ObjectRef, version: int) -> float:

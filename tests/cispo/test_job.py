@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cispo.checkpoint import latest_checkpoint
-from cispo.rollout.group import EngineSpec, RolloutGroup
+from cispo.job import Job
+from cispo.rollout.group import EngineSpec, RolloutError, RolloutGroup
 from cispo.train import train
 from cispo.types import SamplingParams
 
@@ -89,3 +91,30 @@ def test_hybrid_model_job_trains_with_builtin_sampler(ray_session, job_config):
     assert steps[0]["learner/prob_corr"] > 0.999
     reference = MiniMaxForCausalLM.from_pretrained(result["checkpoint"])
     assert reference.config.layer_types == ["linear_attention"] * 3 + ["full_attention"]
+
+
+def _free_cpus_return_to(level: float, timeout_s: float = 60.0) -> bool:
+    """Whether the Ray cluster's free CPUs come back to `level` (killed actors free theirs asynchronously)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if ray.available_resources().get("CPU", 0.0) >= level:
+            return True
+        time.sleep(0.5)
+    return False
+
+
+@pytest.mark.slow
+def test_a_part_that_fails_to_start_stops_the_actors_started_before_it(ray_session, job_config):
+    free = ray.available_resources()["CPU"]
+    # The learner and the engines start, then the reward workers cannot load the function.
+    cfg = job_config(reward__fn="cispo.reward.not_a_module:fn")
+    with pytest.raises(Exception, match="cannot import module"):
+        Job(cfg)
+    assert _free_cpus_return_to(free), f"actors left running: {ray.available_resources()} of {free} CPUs free"
+
+
+def test_engines_that_cannot_load_name_the_checkpoint(ray_session, tmp_path):
+    missing = tmp_path / "no_such_policy"
+    with pytest.raises(RolloutError, match=f"did not start: an engine died while loading {missing}"):
+        RolloutGroup(EngineSpec("builtin", str(missing), 1.0, 0.0, {}), num_workers=1, generate_timeout_s=60,
+                     push_timeout_s=60, start_timeout_s=120)
