@@ -1,7 +1,8 @@
 """CISPO vs DAPO vs GRPO on the built-in addition task: the same seeds and sample budget.
 
-Every (loss, seed) pair runs the default job (conf/config.yaml: qwen2_tiny, 40 SFT
-warm-up steps, 16 prompts x 8 samples per step, GRPO advantages, no dynamic sampling)
+Every (loss, seed) pair runs the default job (conf/config.yaml: 40 SFT warm-up steps,
+16 prompts x 8 samples per step, GRPO advantages, no dynamic sampling) on the dense
+policy (qwen2_tiny on vLLM; `--model minimax_tiny` for the hybrid one)
 for --steps RL steps, all in one Ray session; only `algo.loss` differs between losses, and seed s
 sets the policy's init, the sampling seed and the task stream. Reported per loss:
 steps until the reward (mean over a --smooth-step window) first reaches --threshold,
@@ -10,7 +11,7 @@ acted. A table is printed and written with the curves to bench/results/; the PNG
 shows each loss's smoothed reward curve, mean +- std over seeds.
 
     .venv/bin/python bench/algo_compare.py [--steps N] [--seeds 0 1 2] [--max-staleness K]
-                                           [--losses cispo dapo grpo] [--override KEY=VALUE ...] [--report]
+                                           [--losses cispo dapo grpo] [--model M] [--override KEY=VALUE ...] [--report]
 
 --report prints the table and draws the PNG from the stored runs without running any
 (e.g. with another --threshold).
@@ -42,8 +43,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def job_config(loss: str, seed: int, args: argparse.Namespace) -> Config:
-    """The default job (`make train`'s composed config) with this loss, seed and budget."""
-    overrides = [f"algo.loss={loss}", f"trainer.steps={args.steps}", "trainer.save_every=0",
+    """`make train`'s composed config on `--model` (default the dense policy, which the README's
+    study ran on) with this loss, seed and budget."""
+    overrides = [f"model={args.model}", f"rollout={'builtin' if args.model == 'minimax_tiny' else 'vllm'}",
+                 f"algo.loss={loss}", f"trainer.steps={args.steps}", "trainer.save_every=0",
                  f"trainer.max_staleness={args.max_staleness}",
                  f"trainer.output_dir={Path(args.output_root) / study_name(args) / f'{loss}_seed{seed}'}",
                  f"model.init_seed={seed}", f"trainer.seed={seed}", f"task.seed={1234 + seed}",
@@ -136,6 +139,8 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--max-staleness", type=int, default=1)
+    parser.add_argument("--model", choices=["qwen2_tiny", "minimax_tiny"], default="qwen2_tiny",
+                        help="the policy (minimax_tiny samples with the built-in sampler, qwen2_tiny with vLLM)")
     parser.add_argument("--threshold", type=float, default=0.8)
     parser.add_argument("--smooth", type=int, default=10)
     parser.add_argument("--output-root", default="outputs/algo_compare")
@@ -157,7 +162,8 @@ def main() -> None:
 
 def study_name(args: argparse.Namespace) -> str:
     """Runs are comparable (and stored together) only at the same budget, staleness and overrides."""
-    return "_".join([f"algo_compare_staleness{args.max_staleness}_steps{args.steps}", *args.override])
+    model = [] if args.model == "qwen2_tiny" else [args.model]  # the stored study is the dense one's
+    return "_".join([f"algo_compare_staleness{args.max_staleness}_steps{args.steps}", *model, *args.override])
 
 
 def run_all(runs: list[dict], store: Path, args: argparse.Namespace) -> None:

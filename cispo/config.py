@@ -267,6 +267,8 @@ def validate(cfg: Config) -> Config:
     _check(r.engine in ("vllm", "builtin"), "rollout.engine", f"must be vllm or builtin, got {r.engine!r}")
     _check(not (m.arch == "minimax" and r.engine == "vllm"), "rollout.engine",
            "vLLM has no MiniMax model class; use rollout.engine=builtin with model.arch=minimax")
+    _check(not (m.arch == "qwen2" and r.engine == "builtin"), "rollout.engine",
+           "the built-in sampler runs the hybrid model only; use rollout=vllm with model.arch=qwen2")
     _check(r.num_workers >= 1, "rollout.num_workers", "must be >= 1")
     _check(r.prompts_per_step >= 1, "rollout.prompts_per_step", "must be >= 1")
     _check(r.temperature > 0, "rollout.temperature", "must be > 0 (log-probs are of the tempered policy)")

@@ -85,11 +85,12 @@ class Sampler:
         requests = [i for i in range(len(prompts)) for _ in range(params.n)]
         if not requests:
             return [[] for _ in prompts]
-        generator = torch.Generator().manual_seed(params.seed if params.seed is not None else self.seed + self._calls)
-        self._calls += 1
         cache_len = min(max_ctx, max(len(p) for p in prompts) + params.max_tokens)
         cache = self.model.new_cache(min(self.max_batch, len(requests)), cache_len)
         device = cache.lengths.device
+        generator = torch.Generator(device).manual_seed(params.seed if params.seed is not None
+                                                        else self.seed + self._calls)
+        self._calls += 1
 
         pending = deque(range(len(requests)))
         free = list(range(cache.lengths.numel()))

@@ -24,7 +24,10 @@ class BuiltinSamplerWorker:
         if num_threads is not None:
             torch.set_num_threads(num_threads)
         torch.manual_seed(seed)
-        self.sampler = Sampler(from_pretrained(checkpoint_dir), max_batch=max_batch, seed=seed)
+        model = from_pretrained(checkpoint_dir)
+        if torch.cuda.is_available():  # Ray made the actor's GPU (num_gpus_per_worker) the visible one
+            model = model.cuda()
+        self.sampler = Sampler(model, max_batch=max_batch, seed=seed)
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         return self.sampler.generate(prompts, params)

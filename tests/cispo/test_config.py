@@ -22,7 +22,8 @@ CISPO_TRAIN = Path(sys.executable).parent / "cispo-train"
 # (experiment/) are added with `+group=option`.
 ADDED_GROUPS = {"experiment"}
 # Options that are only valid together with another choice (the rule validate applies).
-COMPANIONS = {("model", "minimax_tiny"): ["rollout=builtin"]}  # vLLM has no MiniMax model class
+COMPANIONS = {("model", "qwen2_tiny"): ["rollout=vllm"],  # the built-in sampler runs the hybrid model only
+              ("rollout", "vllm"): ["model=qwen2_tiny"]}  # vLLM has no MiniMax model class
 
 
 def group_options() -> list[tuple[str, str]]:
@@ -44,6 +45,7 @@ def test_default_config_composes_and_validates():
     cfg = load([])
     assert isinstance(cfg, Config)
     assert cfg.task.name == "addition" and cfg.reward.fn == "cispo.reward.builtin:addition_reward"
+    assert cfg.model.arch == "minimax" and cfg.rollout.engine == "builtin"  # the hybrid model on its own sampler
 
 
 @pytest.mark.parametrize("group,option", group_options())
@@ -78,6 +80,7 @@ def test_cli_prints_the_resolved_config():
     ("algo.eps_high_is=abc", "algo.eps_high_is"),  # wrong type
     ("algo.nope=1", "algo.nope"),  # unknown key
     ("model.num_heads=8", "head_dim"),  # a rule across fields, checked by validate
+    ("model=qwen2_tiny", "rollout=vllm"),  # the dense policy without its engine
 ])
 def test_cli_rejects_a_bad_config_fast_naming_the_key(override, named):
     res, seconds = run_cli(override)
