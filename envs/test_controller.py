@@ -3,7 +3,7 @@ the verdict. One exec per episode (the daemon's round trips are the overhead), s
 under coreutils `timeout` rather than the runner: nothing of the model's can write to
 this process's output, which stays small.
 
-    python3 -I -S -c <this file> '{"prepare": ARGV, "test": ARGV, "cwd": DIR, "timeout": SECONDS}'
+    python3 -I -S -c <this file> '{"prepare": ARGV, "test": ARGV, "cwd": DIR, "timeout": SECONDS, "reset": SCRIPT}'
 
 stdin: the run's secret (32 hex digits) and a newline, the verdict plugin's length (10
 digits) and a newline, the plugin, then the bundle the prepare step unpacks.
@@ -20,7 +20,9 @@ through the user site directory (PYTHONUSERBASE).
 
 Verdict: `\n<<cispo-verdict SECRET>> {"prepare": {"exit_code", "output", "seconds"},
 "exit_code", "timed_out", "test_seconds", "records", "log"}` (no test fields when the
-prepare step failed). Standard library only, Python >= 3.7.
+prepare step failed). Then, with "reset" in the job, this process becomes `sh -c SCRIPT`
+(the sandbox's reset): the exec ends with the sandbox clean, and no second exec is needed.
+Standard library only, Python >= 3.7.
 """
 
 import ctypes
@@ -60,6 +62,8 @@ def main():
     out = sys.stdout.buffer
     out.write(("\n<<cispo-verdict %s>> %s\n" % (secret, json.dumps(verdict))).encode())
     out.flush()
+    if job.get("reset"):
+        os.execv("/bin/sh", ["sh", "-c", job["reset"]])
     os._exit(0)  # do not wait for the reader threads: a left-behind process may hold a pipe
 
 

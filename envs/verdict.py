@@ -28,6 +28,7 @@ PASSED, FAILED = "passed", "failed"
 _HERE = Path(__file__).parent
 CONTROLLER = (_HERE / "test_controller.py").read_text()
 PLUGIN = (_HERE / "verdict_plugin.py").read_bytes()
+_MARKER = "<<cispo-verdict {}>> "
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,11 @@ class VerdictRun:
     argv: list[str]
     stdin: bytes
     secret: str
+
+    @property
+    def marker(self) -> bytes:
+        """What starts the verdict's line in the controller's output."""
+        return _MARKER.format(self.secret).encode()
 
 
 @dataclass(frozen=True)
@@ -50,11 +56,13 @@ class Verdict:
     error: str = ""  # why every test counts as failed; "" when the run held together
 
 
-def verdict_run(prepare: list[str], bundle: bytes, test: list[str], cwd: str, timeout: float) -> VerdictRun:
+def verdict_run(prepare: list[str], bundle: bytes, test: list[str], cwd: str, timeout: float,
+                reset: str = "") -> VerdictRun:
     """One exec for one grading: `prepare` unpacks `bundle` (its stdin), then `test` runs in
-    `cwd` under `timeout` seconds, wrapped by the controller with a fresh secret."""
+    `cwd` under `timeout` seconds, wrapped by the controller with a fresh secret; after the
+    verdict the controller runs the shell script `reset`, if given."""
     secret = secrets.token_hex(16)
-    job = json.dumps({"prepare": prepare, "test": test, "cwd": cwd, "timeout": timeout})
+    job = json.dumps({"prepare": prepare, "test": test, "cwd": cwd, "timeout": timeout, "reset": reset})
     stdin = b"%s\n%010d\n%s%s" % (secret.encode(), len(PLUGIN), PLUGIN, bundle)
     return VerdictRun(["python3", "-I", "-S", "-c", CONTROLLER, job], stdin, secret)
 
@@ -66,7 +74,7 @@ def read_verdict(output: str, secret: str, test_ids: list[str] | None) -> Verdic
     quotes, brackets, " - "); a missing one failed. None: every test the run reported.
     """
     all_failed = {tid: FAILED for tid in test_ids or ()}
-    marker = f"<<cispo-verdict {secret}>> "
+    marker = _MARKER.format(secret)
     at = output.rfind(marker)
     if at < 0:
         return Verdict(None, "", all_failed, error="the test run ended without a verdict (its controller was killed)")

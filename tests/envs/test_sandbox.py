@@ -1,6 +1,7 @@
 """The sandbox container against the real daemon: limits, timeouts, output caps, reset, sweep, retries."""
 
 import json
+import shlex
 import threading
 
 import docker.errors
@@ -10,7 +11,7 @@ import requests
 from cispo.envs.engine import START_HINT, EngineUnavailable, InfraError, connect, with_retries
 from cispo.envs.image import DEFAULT_IMAGE, debian_mirror
 from cispo.envs.pool import SandboxPool
-from cispo.envs.sandbox import LABEL, owner_labels, sweep_leftovers
+from cispo.envs.sandbox import LABEL, RESET_SCRIPT, owner_labels, sweep_leftovers
 
 
 def _our_processes(sb) -> list[str]:
@@ -76,6 +77,22 @@ def test_reset_kills_processes_and_empties_workspace(pool):
         assert listing.split() == ["/home/sandbox:", "/tmp:", "/workspace:"]
         # Only PID 1's `sleep infinity` (nobody's) is left; the setsid sleep of ours is gone.
         assert "sleep" not in _our_processes(s)
+
+
+def test_command_that_resets_the_sandbox_after_its_marker(pool):
+    """The grading controller's way: one exec that answers, then resets; reset() waits for it."""
+    with pool.sandbox() as s:
+        script = ("setsid sleep 1000 & touch /workspace/w /tmp/t; echo '<<done>> ok'; "
+                  f"exec sh -c {shlex.quote(RESET_SCRIPT)}")
+        res = s.exec(["sh", "-c", script], trusted=True, resets_after=b"<<done>> ")
+        assert res.ok and res.output.strip() == "<<done>> ok"
+        with pytest.raises(RuntimeError, match="resetting itself"):
+            s.exec(["true"])
+        assert s.reset()
+        assert s.exec(["ls", "-A", "/workspace", "/tmp"]).output.split() == ["/tmp:", "/workspace:"]
+        assert "sleep" not in _our_processes(s)
+        failing = s.exec(["sh", "-c", "echo '<<done>>'; exit 4"], trusted=True, resets_after=b"<<done>>")
+        assert failing.ok and not s.reset()  # a reset that fails is reported, and the pool replaces the sandbox
 
 
 def test_pool_reuses_and_limits_concurrency():
