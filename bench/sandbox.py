@@ -54,7 +54,9 @@ def sequential(tasks, episodes: int, block: int = 3) -> tuple[Mode, Mode]:
     episodes, so that the load of a shared machine falls on both alike."""
     with SandboxPool(max_concurrency=1) as warm_pool, SandboxPool(max_concurrency=1, reuse=False) as cold_pool:
         warm_pool.prewarm()  # two containers for the one slot: one is reset while the other works
-        grade(tasks[0], tasks[0].patch, warm_pool)  # warm the host-side repository cache
+        for t in tasks:  # build every task's repository snapshot (cached on the host, used by both modes)
+            grade(t, t.patch, warm_pool)
+        warm_pool.drain()
         warm, cold = Mode(warm_pool), Mode(cold_pool)
         order = (tasks * episodes)[:episodes]
         for i in range(0, episodes, block):
