@@ -124,7 +124,10 @@ class Sandbox:
         self.config = config
         self.image = image
         self.dead = False  # set once the container was killed or found gone
-        self._resetting: tuple[str, socket.socket, float] | None = None  # exec id, stream, deadline (`resets_after`)
+        # A `resets_after` command resetting the sandbox: its start key, exec id, stream, deadline.
+        self._resetting: tuple[tuple, str, socket.socket, float] | None = None
+        # That command started again after its reset, waiting for its stdin: start key, exec id, stream.
+        self._standby: tuple[tuple, str, socket.socket] | None = None
 
     @classmethod
     def create(cls, config: SandboxConfig, image: str | None = None) -> "Sandbox":
@@ -186,6 +189,11 @@ class Sandbox:
         line last, then resets the sandbox itself (`RESET_SCRIPT`; the grading controller
         does). The call returns at that line, exit code 0, and `reset()` only waits for the
         program to finish: one exec per use instead of two, the reset off the caller's path.
+        Once the reset is done, `reset()` starts the same program again, on standby for its
+        stdin, so the next such call skips the exec's start (the daemon's costliest part).
+        So the program must do nothing before its stdin arrives (and exit if it ends), and
+        runs without coreutils `timeout` (its timeout is not known yet): it bounds its own
+        run, and past the client's deadline the container is killed.
 
         Raises `InfraError` when the daemon fails or the container is gone; a command
         that misbehaves (times out, floods output, gets OOM-killed) is a normal result.
@@ -194,25 +202,26 @@ class Sandbox:
             raise InfraError(f"sandbox {self.container.name} is gone")
         if self._resetting is not None:
             raise RuntimeError(f"sandbox {self.container.name} is resetting itself: call reset() first")
-        if resets_after is not None and not trusted:
-            raise ValueError("resets_after is for trusted programs only")
+        if resets_after is not None and not (trusted and stdin is not None):
+            raise ValueError("resets_after is for trusted programs that read stdin")
         timeout = self.config.timeout if timeout is None else timeout
         cap = self.config.output_cap if output_cap is None else output_cap
-        if trusted:
+        if resets_after is not None:
+            cmd = list(argv)
+        elif trusted:
             cmd = ["timeout", "-s", "KILL", f"{timeout:g}", *argv]
         else:
             cmd = ["python3", "-I", "-S", "-c", _RUNNER, str(cap), str(timeout), *argv]
+        key = (tuple(cmd), workdir, tuple(sorted((env or {}).items())), stdin is not None)
         api = connect().api
         start = time.monotonic()
         deadline = start + timeout + self.config.client_grace
+        standby, self._standby = self._standby, None
+        if standby is not None and standby[0] != key:
+            standby[2].close()  # its stdin ends: it exits without having done anything
+            standby = None
         try:
-            exec_id = with_retries(
-                lambda: api.exec_create(
-                    self.id, cmd, stdin=stdin is not None, user=USER, workdir=workdir, environment=env or {}
-                )["Id"],
-                "exec_create",
-            )
-            sock = with_retries(lambda: api.exec_start(exec_id, socket=True), "exec_start")
+            exec_id, sock = standby[1:] if standby is not None else self._start(key)
         except InfraError:
             if self._pids_exhausted():  # the command's own doing (a fork bomb that escaped its group)
                 return ExecResult(-1, "[the sandbox cannot start a process: its process limit is reached]", False, 0, 0.0)
@@ -235,7 +244,7 @@ class Sandbox:
             raise InfraError(f"exec in {self.container.name} lost its connection: {e}") from e
         seconds = time.monotonic() - start
         if stopped:  # the program is resetting the sandbox now; reset() waits for it
-            self._resetting = (exec_id, sock, deadline)
+            self._resetting = (key, exec_id, sock, deadline)
             return ExecResult(0, payload.decode(errors="replace"), False, len(payload), seconds)
         sock.close()
         if trusted:
@@ -247,6 +256,16 @@ class Sandbox:
         if _FOOTER not in payload:
             self._check_alive()
         return _parse(payload, seconds, cap)
+
+    def _start(self, key: tuple) -> tuple[str, socket.socket]:
+        """Create and start an exec (see `exec` for the key); its id and stream."""
+        cmd, workdir, env, stdin = key
+        api = connect().api
+        exec_id = with_retries(
+            lambda: api.exec_create(self.id, list(cmd), stdin=stdin, user=USER, workdir=workdir, environment=dict(env))["Id"],
+            "exec_create",
+        )
+        return exec_id, with_retries(lambda: api.exec_start(exec_id, socket=True), "exec_start")
 
     def _check_alive(self, settle: float = 1.0) -> None:
         """Raise `InfraError` if the container stopped (killed from outside, the daemon restarted):
@@ -303,9 +322,10 @@ class Sandbox:
         return res.ok
 
     def _await_own_reset(self, settle: float = 2.0) -> bool:
-        """The end of a `resets_after` command: its stream closed and its exit status 0.
+        """The end of a `resets_after` command: its stream closed and its exit status 0; then
+        the command is started again, on standby for the next use.
         The daemon may record the status a moment after the stream closed: polled up to `settle` s."""
-        exec_id, sock, deadline = self._resetting
+        key, exec_id, sock, deadline = self._resetting
         self._resetting = None
         api = connect().api
         try:
@@ -319,7 +339,13 @@ class Sandbox:
             return False
         finally:
             sock.close()
-        return state["ExitCode"] == 0
+        if state["ExitCode"] != 0:
+            return False
+        try:
+            self._standby = (key, *self._start(key))
+        except InfraError:
+            pass  # the next use starts it itself
+        return True
 
     def kill(self) -> None:
         self.dead = True
@@ -330,9 +356,10 @@ class Sandbox:
 
     def remove(self) -> None:
         self.dead = True
-        if self._resetting is not None:
-            self._resetting[1].close()
-            self._resetting = None
+        for held in (self._resetting, self._standby):
+            if held is not None:
+                held[2].close()
+        self._resetting = self._standby = None
         try:
             with_retries(lambda: self.container.remove(force=True), f"remove {self.container.name}")
         except InfraError as e:

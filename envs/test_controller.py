@@ -3,10 +3,14 @@ the verdict. One exec per episode (the daemon's round trips are the overhead), s
 under coreutils `timeout` rather than the runner: nothing of the model's can write to
 this process's output, which stays small.
 
-    python3 -I -S -c <this file> CWD TIMEOUT RESET N PREPARE_ARGV(N items)... TEST_ARGV...
+    python3 -I -S -c <this file>
 
-stdin: the run's secret (32 hex digits) and a newline, the verdict plugin's length (10
-digits) and a newline, the plugin, then the bundle the prepare step unpacks.
+stdin: the run's secret (32 hex digits) and a newline; the job's length (10 digits), a
+newline and the job: CWD, TIMEOUT, RESET, N, the N words of the prepare step's argv,
+then the test command's argv, each field ended by a NUL byte; the verdict plugin, its
+length given the same way; then the bundle the prepare step unpacks. Nothing comes on
+the command line, so the controller can be started before its job is known (the
+sandbox keeps one on standby in a warm container).
 
 The secret is the point. The tests, and so the model's code, run in a child process
 (its own session, killed at the timeout) that never sees it: this process reads it
@@ -57,11 +61,12 @@ def read_exactly(n):
 
 
 def main():
-    cwd, timeout, reset, n = sys.argv[1], float(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-    prepare_argv, test_argv = sys.argv[5 : 5 + n], sys.argv[5 + n :]
+    ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # before it holds anything worth reading
     secret = read_exactly(33)[:32].decode()
+    job = read_exactly(int(read_exactly(11))).decode().split("\0")[:-1]
     plugin = read_exactly(int(read_exactly(11)))
-    ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    cwd, timeout, reset, n = job[0], float(job[1]), job[2], int(job[3])
+    prepare_argv, test_argv = job[4 : 4 + n], job[4 + n :]
     verdict = {"prepare": prepare(prepare_argv)}
     if verdict["prepare"]["exit_code"] == 0:
         verdict.update(run_tests(test_argv, cwd, timeout, plugin))

@@ -63,9 +63,9 @@ def verdict_run(prepare: list[str], bundle: bytes, test: list[str], cwd: str, ti
     `cwd` under `timeout` seconds, wrapped by the controller with a fresh secret; after the
     verdict the controller runs the shell script `reset`, if given."""
     secret = secrets.token_hex(16)
-    stdin = b"%s\n%010d\n%s%s" % (secret.encode(), len(PLUGIN), PLUGIN, bundle)
-    argv = ["python3", "-I", "-S", "-c", CONTROLLER, cwd, repr(float(timeout)), reset, str(len(prepare)), *prepare, *test]
-    return VerdictRun(argv, stdin, secret)
+    job = "".join(f"{field}\0" for field in (cwd, repr(float(timeout)), reset, len(prepare), *prepare, *test)).encode()
+    stdin = b"%s\n%010d\n%s%010d\n%s%s" % (secret.encode(), len(job), job, len(PLUGIN), PLUGIN, bundle)
+    return VerdictRun(["python3", "-I", "-S", "-c", CONTROLLER], stdin, secret)
 
 
 def read_verdict(output: str, secret: str, test_ids: list[str] | None) -> Verdict:

@@ -80,18 +80,26 @@ def test_reset_kills_processes_and_empties_workspace(pool):
 
 
 def test_command_that_resets_the_sandbox_after_its_marker(pool):
-    """The grading controller's way: one exec that answers, then resets; reset() waits for it."""
+    """The grading controller's way: one exec that answers, then resets; reset() waits for it,
+    then starts the program again, on standby for its stdin."""
     with pool.sandbox() as s:
-        script = ("setsid sleep 1000 & touch /workspace/w /tmp/t; echo '<<done>> ok'; "
+        script = ("read -r word || exit 9; setsid sleep 1000 & touch /workspace/w /tmp/t; echo \"<<done>> $word\"; "
                   f"exec sh -c {shlex.quote(RESET_SCRIPT)}")
-        res = s.exec(["sh", "-c", script], trusted=True, resets_after=b"<<done>> ")
-        assert res.ok and res.output.strip() == "<<done>> ok"
+        res = s.exec(["sh", "-c", script], stdin=b"one\n", trusted=True, resets_after=b"<<done>> ")
+        assert res.ok and res.output.strip() == "<<done>> one"
         with pytest.raises(RuntimeError, match="resetting itself"):
             s.exec(["true"])
         assert s.reset()
         assert s.exec(["ls", "-A", "/workspace", "/tmp"]).output.split() == ["/tmp:", "/workspace:"]
         assert "sleep" not in _our_processes(s)
-        failing = s.exec(["sh", "-c", "echo '<<done>>'; exit 4"], trusted=True, resets_after=b"<<done>>")
+        # The standby was dropped by that other command (its stdin ended); now a fresh one serves.
+        assert s.exec(["sh", "-c", script], stdin=b"two\n", trusted=True, resets_after=b"<<done>> ").output.strip() == "<<done>> two"
+        assert s.reset() and s._standby is not None
+        standby_id = s._standby[1]
+        res = s.exec(["sh", "-c", script], stdin=b"three\n", trusted=True, resets_after=b"<<done>> ")
+        assert res.output.strip() == "<<done>> three" and s._resetting[1] == standby_id  # the standby served
+        assert s.reset()
+        failing = s.exec(["sh", "-c", "read -r x; echo '<<done>>'; exit 4"], stdin=b"\n", trusted=True, resets_after=b"<<done>>")
         assert failing.ok and not s.reset()  # a reset that fails is reported, and the pool replaces the sandbox
 
 
