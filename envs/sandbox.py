@@ -7,9 +7,15 @@ capabilities dropped, no-new-privileges. PID 1 (docker-init) runs as `nobody` an
 commands as the sandbox uid, so a command can neither kill PID 1 nor signal anything
 it did not start.
 
-Every command goes through `sandbox_runner.py` (timeout and output cap inside the
-container) and a client-side deadline: the SDK's `exec_run` has no timeout, so a
-wedged exec would hang the trainer. Past the deadline the container is killed.
+Every command of the model's goes through `sandbox_runner.py` (timeout and output
+cap inside the container), programs of ours through coreutils `timeout` or their own
+bound (see `Sandbox.exec`), and every one has a client-side deadline: the SDK's
+`exec_run` has no timeout, so a wedged exec would hang the trainer. Past the deadline
+the container is killed.
+
+One exec per use of a warm sandbox: the grading controller resets the sandbox itself
+after its verdict, and is then started again on standby for the next grading (the
+exec's start, ~50 ms of the daemon's time, is the costliest part of a warm episode).
 
 Containers carry labels naming the owning process; `sweep_leftovers` removes those
 whose owner died (a crash, a kill -9), never those of a live process beside us.
