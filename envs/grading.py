@@ -31,10 +31,11 @@ from cispo.envs.verdict import PASSED, Verdict, read_verdict, verdict_run
 
 Status = Literal["resolved", "unresolved", "patch_failed", "timeout", "infra_error"]
 PYTEST_ARGS = ("-rA", "-p", "no:cacheprovider", "-o", "addopts=")
-PREPARE_TIMEOUT = 120.0
+PREPARE_TIMEOUT = 120.0  # seconds the prepare step (unpack, patching) may take, within the exec's deadline
 # The controller's verdict: up to 8 MiB of per-test records (~15k tests) and short tails.
 VERDICT_CAP = 12 * 1024 * 1024
-CONTROLLER_GRACE = 10.0  # seconds past prepare + tests before `timeout` kills the controller
+# Seconds past prepare + tests until the exec's deadline (then the sandbox's client_grace, then the container is killed).
+CONTROLLER_GRACE = 10.0
 _MARK = "<<cispo-prepare>> "
 REPO = "/workspace/repo"
 INFRA_RETRIES = 1  # another sandbox after an infra failure; a second failure is masked (infra_error)

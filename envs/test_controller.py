@@ -25,9 +25,8 @@ through the user site directory (PYTHONUSERBASE).
 Verdict: `\\n<<cispo-verdict SECRET>> {"prepare": {"exit_code", "output", "seconds"},
 "exit_code", "timed_out", "test_seconds", "records", "dropped", "log"}` as a Python
 literal (`repr`; the host parses the plugin's JSON lines in "records"); no test fields
-when the prepare step failed. Then, given a RESET script, this process becomes
-`sh -c RESET` (the sandbox's reset): the exec ends with the sandbox clean, and no
-second exec is needed.
+when the prepare step failed. Then this process becomes `sh -c RESET` (the sandbox's
+reset script): the exec ends with the sandbox clean, and no second exec is needed.
 
 An interpreter starts for every grading, so this file imports little: json,
 subprocess and threading would take longer than all the rest of its start-up
@@ -73,9 +72,7 @@ def main():
     out = sys.stdout.buffer
     out.write(("\n<<cispo-verdict %s>> %r\n" % (secret, verdict)).encode())
     out.flush()
-    if reset:
-        os.execv("/bin/sh", ["sh", "-c", reset])
-    os._exit(0)  # do not wait for anything else: a left-behind process may hold a pipe
+    os.execv("/bin/sh", ["sh", "-c", reset])  # waits for nothing of the tests': a left-behind process may hold a pipe
 
 
 def spawn(argv, stdin, stdout, session=False, cwd=None, env=None, pass_fd=None):

@@ -58,10 +58,10 @@ class Verdict:
 
 
 def verdict_run(prepare: list[str], bundle: bytes, test: list[str], cwd: str, timeout: float,
-                reset: str = "") -> VerdictRun:
+                reset: str) -> VerdictRun:
     """One exec for one grading: `prepare` unpacks `bundle` (its stdin), then `test` runs in
     `cwd` under `timeout` seconds, wrapped by the controller with a fresh secret; after the
-    verdict the controller runs the shell script `reset`, if given."""
+    verdict the controller becomes the shell script `reset` (the sandbox's `RESET_SCRIPT`)."""
     secret = secrets.token_hex(16)
     job = "".join(f"{field}\0" for field in (cwd, repr(float(timeout)), reset, len(prepare), *prepare, *test)).encode()
     stdin = b"%s\n%010d\n%s%010d\n%s%s" % (secret.encode(), len(job), job, len(PLUGIN), PLUGIN, bundle)
