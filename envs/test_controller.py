@@ -25,8 +25,9 @@ through the user site directory (PYTHONUSERBASE).
 Verdict: `\\n<<cispo-verdict SECRET>> {"prepare": {"exit_code", "output", "seconds"},
 "exit_code", "timed_out", "test_seconds", "records", "dropped", "log"}` as a Python
 literal (`repr`; the host parses the plugin's JSON lines in "records"); no test fields
-when the prepare step failed. Then this process becomes `sh -c RESET` (the sandbox's
-reset script): the exec ends with the sandbox clean, and no second exec is needed.
+when the prepare step failed. Then it kills every other process of its uid and becomes
+`sh -c RESET` (the sandbox's reset script): the exec ends with the sandbox clean, and no
+second exec is needed.
 
 An interpreter starts for every grading, so this file imports little: json,
 subprocess and threading would take longer than all the rest of its start-up
@@ -72,6 +73,7 @@ def main():
     out = sys.stdout.buffer
     out.write(("\n<<cispo-verdict %s>> %r\n" % (secret, verdict)).encode())
     out.flush()
+    kill_leftovers()
     os.execv("/bin/sh", ["sh", "-c", reset])  # waits for nothing of the tests': a left-behind process may hold a pipe
 
 
@@ -189,6 +191,27 @@ class Capped:
 
     def text(self):
         return bytes(self.data).decode(errors="replace")
+
+
+def kill_leftovers(rounds=50):
+    """SIGKILL every other process of this uid until none is left, while this process is
+    still non-dumpable: the reset shell it becomes next is dumpable, and a process of the
+    model's left alive could trace it (same uid) and fake a clean reset."""
+    spared, uid = (os.getpid(), os.getppid()), os.getuid()  # the parent: `timeout`, if one wraps this
+    for _ in range(rounds):
+        alive = False
+        for name in os.listdir("/proc"):
+            if not name.isdigit() or int(name) in spared:
+                continue
+            try:
+                if os.stat("/proc/" + name).st_uid == uid:
+                    os.kill(int(name), signal.SIGKILL)
+                    alive = True
+            except OSError:
+                pass  # gone already
+        if not alive:
+            return
+        time.sleep(0.02)
 
 
 def kill_group(pgid):
