@@ -3,7 +3,11 @@
 An episode grades the gold patch of a synthetic SWE task (repository in, patch
 applied, tests run). Overhead is everything but the test process itself (timed in
 the sandbox): sandbox start-up or reset, the exec, unpacking, patching, the verdict,
-removal. Sequential episodes on one slot measure overhead, warm and cold alternating
+removal. A warm sandbox resets itself at the end of the grading's exec and then starts
+the next grading's controller on standby; a block's wall time waits for the last of
+these. That background work overlaps the next episode's tests, so the test time is
+shown per mode, and a second ratio counts the warm tests' excess over the cold ones
+as warm overhead. Sequential episodes on one slot measure overhead, warm and cold alternating
 in blocks so that a shared machine's load falls on both alike; then 32 concurrent
 scoring requests (2 slots, as on a 2-core machine) must all succeed.
 
@@ -44,9 +48,14 @@ class Mode:
         return len(self.results) / self.wall * 60
 
     @property
+    def test(self) -> float:
+        """Mean seconds per episode of the test process, timed in the sandbox."""
+        return sum(r.test_seconds for r in self.results) / len(self.results)
+
+    @property
     def overhead(self) -> float:
         """Mean seconds per episode that were not the test process running."""
-        return (self.wall - sum(r.test_seconds for r in self.results)) / len(self.results)
+        return self.wall / len(self.results) - self.test
 
 
 def sequential(tasks, episodes: int, block: int = 3) -> tuple[Mode, Mode]:
@@ -54,7 +63,9 @@ def sequential(tasks, episodes: int, block: int = 3) -> tuple[Mode, Mode]:
     episodes, so that the load of a shared machine falls on both alike."""
     with SandboxPool(max_concurrency=1) as warm_pool, SandboxPool(max_concurrency=1, reuse=False) as cold_pool:
         warm_pool.prewarm()  # two containers for the one slot: one is reset while the other works
-        grade(tasks[0], tasks[0].patch, warm_pool)  # warm the host-side repository cache
+        for t in tasks:  # build every task's repository snapshot (cached on the host, used by both modes)
+            grade(t, t.patch, warm_pool)
+        warm_pool.drain()
         warm, cold = Mode(warm_pool), Mode(cold_pool)
         order = (tasks * episodes)[:episodes]
         for i in range(0, episodes, block):
@@ -86,12 +97,19 @@ def main() -> None:
     bad = [r for r in warm.results + cold.results + conc_res if r.status != "resolved"]
     print(f"episodes per mode: {episodes} (sequential, 1 slot, modes alternating every 3); "
           f"gold patches of {len(tasks)} synthetic tasks")
-    test = sum(r.test_seconds for r in warm.results + cold.results) / (2 * episodes)
-    print(f"test process: {test * 1000:6.0f} ms/episode (mean of both modes)")
+    # Per mode: work done in the background (resets, the standby controller's start) must not
+    # hide in the test time, which the overhead excludes.
+    print("test process: " + ", ".join(f"{name} {mode.test * 1000:.0f}" for name, mode in (("warm", warm), ("cold", cold)))
+          + " ms/episode")
     for name, mode in (("warm pool", warm), ("cold", cold)):
         print(f"{name:10s}: {mode.rate:6.1f} episodes/min, overhead {mode.overhead * 1000:6.0f} ms/episode")
     print(f"overhead ratio cold/warm: {cold.overhead / warm.overhead:.1f}x   "
           f"throughput ratio warm/cold: {warm.rate / cold.rate:.1f}x")
+    # The conservative reading: a warm sandbox's reset and standby start overlap the next
+    # episode's tests, so whatever the warm tests took beyond the cold ones counts as overhead.
+    excess = max(warm.test - cold.test, 0.0)
+    print(f"counting the warm tests' excess over cold ({excess * 1000:.0f} ms) as overhead: "
+          f"warm {(warm.overhead + excess) * 1000:.0f} ms, ratio {cold.overhead / (warm.overhead + excess):.1f}x")
     print(f"concurrent: {requests} requests on 2 slots in {wall:.1f} s, "
           f"{sum(r.status == 'resolved' for r in conc_res)}/{requests} resolved, "
           f"{sum(r.status == 'infra_error' for r in conc_res)} infra errors")

@@ -5,7 +5,8 @@ runs. The repository (one commit, no history) and both patches go in with one
 streamed archive; the model's patch is applied with fallbacks, protected paths are
 put back, the test patch goes in. Only then do the tests run, under a timeout, with
 the ids passed as argv (never through a shell string) and pytest's addopts emptied.
-All of it is one exec; per-test outcomes come from the controller's verdict
+All of it is one exec, which after the verdict goes on to reset the sandbox for its
+next use (no second exec); per-test outcomes come from the controller's verdict
 (`verdict.py`), never from what pytest prints.
 
 Statuses: resolved (reward 1), unresolved (0; `fraction` says how close),
@@ -24,16 +25,17 @@ from cispo.envs.engine import InfraError
 from cispo.envs.patching import PREPARE, UnsafePatch, patch_files, paths_to_restore
 from cispo.envs.pool import SandboxPool
 from cispo.envs.repo import RepoError, snapshot
-from cispo.envs.sandbox import ExecResult, tar_files
+from cispo.envs.sandbox import RESET_SCRIPT, ExecResult, tar_files
 from cispo.envs.tasks import SWETask
 from cispo.envs.verdict import PASSED, Verdict, read_verdict, verdict_run
 
 Status = Literal["resolved", "unresolved", "patch_failed", "timeout", "infra_error"]
 PYTEST_ARGS = ("-rA", "-p", "no:cacheprovider", "-o", "addopts=")
-PREPARE_TIMEOUT = 120.0
+PREPARE_TIMEOUT = 120.0  # seconds the prepare step (unpack, patching) may take, within the exec's deadline
 # The controller's verdict: up to 8 MiB of per-test records (~15k tests) and short tails.
 VERDICT_CAP = 12 * 1024 * 1024
-CONTROLLER_GRACE = 10.0  # seconds past prepare + tests before `timeout` kills the controller
+# Seconds past prepare + tests until the exec's deadline (then the sandbox's client_grace, then the container is killed).
+CONTROLLER_GRACE = 10.0
 _MARK = "<<cispo-prepare>> "
 REPO = "/workspace/repo"
 INFRA_RETRIES = 1  # another sandbox after an infra failure; a second failure is masked (infra_error)
@@ -105,12 +107,14 @@ def grade(task: SWETask, model_patch: str, pool: SandboxPool) -> GradeResult:
 
 
 def _run_in_sandbox(task: SWETask, bundle: bytes, restore: list[str], pool: SandboxPool) -> tuple[ExecResult, Verdict]:
-    """One exec in one sandbox: prepare the repository, then (if that worked) run the tests."""
+    """One exec in one sandbox: prepare the repository, then (if that worked) run the tests;
+    after the verdict the same exec resets the sandbox for its next use."""
     vrun = verdict_run(["sh", "-c", PREPARE, "prepare", *restore], bundle,
-                       ["sh", "-c", f'{task.test_cmd} "$@"', "tests", *PYTEST_ARGS, *task.test_ids], REPO, task.timeout)
+                       ["sh", "-c", f'{task.test_cmd} "$@"', "tests", *PYTEST_ARGS, *task.test_ids], REPO, task.timeout,
+                       reset=RESET_SCRIPT)
     with pool.sandbox(task.image) as sb:
         run = sb.exec(vrun.argv, stdin=vrun.stdin, timeout=PREPARE_TIMEOUT + task.timeout + CONTROLLER_GRACE,
-                      workdir="/workspace", output_cap=VERDICT_CAP, trusted=True)
+                      workdir="/workspace", output_cap=VERDICT_CAP, trusted=True, resets_after=vrun.marker)
     return run, read_verdict(run.output, vrun.secret, task.test_ids)
 
 

@@ -5,8 +5,11 @@ commands cost a fraction of that. So sandboxes are kept running and reset betwee
 uses (every process of the sandbox user killed, every writable place emptied: the
 root is read-only, so that is the whole state). The reset runs in a background
 thread after release, off the episode's critical path: with more warm containers
-than slots, the next episode takes another one while this one is being reset. A
-sandbox whose reset fails, or that was killed, is removed and replaced.
+than slots, the next episode takes another one while this one is being reset. (A
+grading's exec resets its sandbox itself once it has answered; the background thread
+then only waits for that and starts the next grading's controller on standby: see
+`Sandbox.exec(resets_after=)`.) A sandbox whose reset
+fails, or that was killed, is removed and replaced.
 """
 
 from __future__ import annotations

@@ -7,9 +7,15 @@ capabilities dropped, no-new-privileges. PID 1 (docker-init) runs as `nobody` an
 commands as the sandbox uid, so a command can neither kill PID 1 nor signal anything
 it did not start.
 
-Every command goes through `sandbox_runner.py` (timeout and output cap inside the
-container) and a client-side deadline: the SDK's `exec_run` has no timeout, so a
-wedged exec would hang the trainer. Past the deadline the container is killed.
+Every command of the model's goes through `sandbox_runner.py` (timeout and output
+cap inside the container), programs of ours through coreutils `timeout` or their own
+bound (see `Sandbox.exec`), and every one has a client-side deadline: the SDK's
+`exec_run` has no timeout, so a wedged exec would hang the trainer. Past the deadline
+the container is killed.
+
+One exec per use of a warm sandbox: the grading controller resets the sandbox itself
+after its verdict, and is then started again on standby for the next grading (the
+exec's start, ~50 ms of the daemon's time, is the costliest part of a warm episode).
 
 Containers carry labels naming the owning process; `sweep_leftovers` removes those
 whose owner died (a crash, a kill -9), never those of a live process beside us.
@@ -124,6 +130,10 @@ class Sandbox:
         self.config = config
         self.image = image
         self.dead = False  # set once the container was killed or found gone
+        # A `resets_after` command resetting the sandbox: its start key, exec id, stream, deadline.
+        self._resetting: tuple[tuple, str, socket.socket, float] | None = None
+        # That command started again after its reset, waiting for its stdin: start key, exec id, stream.
+        self._standby: tuple[tuple, str, socket.socket] | None = None
 
     @classmethod
     def create(cls, config: SandboxConfig, image: str | None = None) -> "Sandbox":
@@ -172,6 +182,7 @@ class Sandbox:
         env: dict[str, str] | None = None,
         output_cap: int | None = None,
         trusted: bool = False,
+        resets_after: bytes | None = None,
     ) -> ExecResult:
         """Run `argv` (no shell: arguments reach the program unmangled) as the sandbox user.
 
@@ -180,28 +191,43 @@ class Sandbox:
         runner (one interpreter start, ~30 ms) for coreutils `timeout`, which kills
         only that program; the client-side cap still holds.
 
+        `resets_after` (trusted only): the program prints this marker and the rest of its
+        line last, then resets the sandbox itself (`RESET_SCRIPT`; the grading controller
+        does). The call returns at that line, exit code 0, and `reset()` only waits for the
+        program to finish: one exec per use instead of two, the reset off the caller's path.
+        Once the reset is done, `reset()` starts the same program again, on standby for its
+        stdin, so the next such call skips the exec's start (the daemon's costliest part).
+        So the program must do nothing before its stdin arrives (and exit if it ends), and
+        runs without coreutils `timeout` (its timeout is not known yet): it bounds its own
+        run, and past the client's deadline the container is killed.
+
         Raises `InfraError` when the daemon fails or the container is gone; a command
         that misbehaves (times out, floods output, gets OOM-killed) is a normal result.
         """
         if self.dead:
             raise InfraError(f"sandbox {self.container.name} is gone")
+        if self._resetting is not None:
+            raise RuntimeError(f"sandbox {self.container.name} is resetting itself: call reset() first")
+        if resets_after is not None and not (trusted and stdin is not None):
+            raise ValueError("resets_after is for trusted programs that read stdin")
         timeout = self.config.timeout if timeout is None else timeout
         cap = self.config.output_cap if output_cap is None else output_cap
-        if trusted:
+        if resets_after is not None:
+            cmd = list(argv)
+        elif trusted:
             cmd = ["timeout", "-s", "KILL", f"{timeout:g}", *argv]
         else:
             cmd = ["python3", "-I", "-S", "-c", _RUNNER, str(cap), str(timeout), *argv]
+        key = (tuple(cmd), workdir, tuple(sorted((env or {}).items())), stdin is not None)
         api = connect().api
         start = time.monotonic()
         deadline = start + timeout + self.config.client_grace
+        standby, self._standby = self._standby, None
+        if standby is not None and standby[0] != key:
+            standby[2].close()  # its stdin ends: it exits without having done anything
+            standby = None
         try:
-            exec_id = with_retries(
-                lambda: api.exec_create(
-                    self.id, cmd, stdin=stdin is not None, user=USER, workdir=workdir, environment=env or {}
-                )["Id"],
-                "exec_create",
-            )
-            sock = with_retries(lambda: api.exec_start(exec_id, socket=True), "exec_start")
+            exec_id, sock = standby[1:] if standby is not None else self._start(key)
         except InfraError:
             if self._pids_exhausted():  # the command's own doing (a fork bomb that escaped its group)
                 return ExecResult(-1, "[the sandbox cannot start a process: its process limit is reached]", False, 0, 0.0)
@@ -212,8 +238,9 @@ class Sandbox:
                 raw.settimeout(max(deadline - time.monotonic(), 1.0))
                 raw.sendall(stdin)
                 raw.shutdown(socket.SHUT_WR)
-            payload = _read_frames(raw, deadline, limit=cap + _SLACK)
+            payload, stopped = _read_frames(raw, deadline, limit=cap + _SLACK, stop_at=resets_after)
         except (OSError, _Overflow) as e:
+            sock.close()
             self.kill()
             seconds = time.monotonic() - start
             if isinstance(e, _Overflow):
@@ -221,9 +248,11 @@ class Sandbox:
             if isinstance(e, socket.timeout):
                 return ExecResult(-9, "[client deadline passed: container killed]", True, 0, seconds)
             raise InfraError(f"exec in {self.container.name} lost its connection: {e}") from e
-        finally:
-            sock.close()
         seconds = time.monotonic() - start
+        if stopped:  # the program is resetting the sandbox now; reset() waits for it
+            self._resetting = (key, exec_id, sock, deadline)
+            return ExecResult(0, payload.decode(errors="replace"), False, len(payload), seconds)
+        sock.close()
         if trusted:
             code = with_retries(lambda: api.exec_inspect(exec_id)["ExitCode"], "exec_inspect")
             if code in (None, 137):
@@ -233,6 +262,16 @@ class Sandbox:
         if _FOOTER not in payload:
             self._check_alive()
         return _parse(payload, seconds, cap)
+
+    def _start(self, key: tuple) -> tuple[str, socket.socket]:
+        """Create and start an exec (see `exec` for the key); its id and stream."""
+        cmd, workdir, env, stdin = key
+        api = connect().api
+        exec_id = with_retries(
+            lambda: api.exec_create(self.id, list(cmd), stdin=stdin, user=USER, workdir=workdir, environment=dict(env))["Id"],
+            "exec_create",
+        )
+        return exec_id, with_retries(lambda: api.exec_start(exec_id, socket=True), "exec_start")
 
     def _check_alive(self, settle: float = 1.0) -> None:
         """Raise `InfraError` if the container stopped (killed from outside, the daemon restarted):
@@ -272,18 +311,47 @@ class Sandbox:
             raise InfraError(f"unpacking an archive into {dest} failed (exit {res.exit_code}): {res.output[-500:]}")
 
     def reset(self) -> bool:
-        """Kill every process of the sandbox user and empty every writable place.
+        """Kill every process of the sandbox user and empty every writable place (after a
+        `resets_after` command: wait for the command, which does that itself).
 
         Returns False when the sandbox could not be brought back to a clean state
         (the caller then removes it).
         """
         if self.dead:
             return False
+        if self._resetting is not None:
+            return self._await_own_reset()
         try:
-            res = self.exec(["sh", "-c", _RESET], timeout=30.0, workdir="/", trusted=True)
+            res = self.exec(["sh", "-c", RESET_SCRIPT], timeout=30.0, workdir="/", trusted=True)
         except InfraError:
             return False
         return res.ok
+
+    def _await_own_reset(self, settle: float = 2.0) -> bool:
+        """The end of a `resets_after` command: its stream closed and its exit status 0; then
+        the command is started again, on standby for the next use.
+        The daemon may record the status a moment after the stream closed: polled up to `settle` s."""
+        key, exec_id, sock, deadline = self._resetting
+        self._resetting = None
+        api = connect().api
+        try:
+            _drain(getattr(sock, "_sock", sock), deadline, limit=_SLACK)
+            settled = time.monotonic() + settle
+            while (state := with_retries(lambda: api.exec_inspect(exec_id), "exec_inspect"))["Running"]:
+                if time.monotonic() > settled:
+                    return False
+                time.sleep(0.01)
+        except (OSError, _Overflow, InfraError):
+            return False
+        finally:
+            sock.close()
+        if state["ExitCode"] != 0:
+            return False
+        try:
+            self._standby = (key, *self._start(key))
+        except InfraError:
+            pass  # the next use starts it itself
+        return True
 
     def kill(self) -> None:
         self.dead = True
@@ -294,6 +362,10 @@ class Sandbox:
 
     def remove(self) -> None:
         self.dead = True
+        for held in (self._resetting, self._standby):
+            if held is not None:
+                held[2].close()
+        self._resetting = self._standby = None
         try:
             with_retries(lambda: self.container.remove(force=True), f"remove {self.container.name}")
         except InfraError as e:
@@ -303,9 +375,9 @@ class Sandbox:
 
 # Reset, as the sandbox user, in shell builtins (no interpreter to start: it runs after
 # every use): SIGKILL every process of ours but this shell and its parent (`timeout`),
-# until none is left; then empty the tmpfs mounts and /dev/shm. Exit 3: processes
-# survive SIGKILL; 4: something could not be removed.
-_RESET = r"""
+# until none is left; then empty the tmpfs mounts and /dev/shm (one chmod, one rm: each
+# process started costs). Exit 3: processes survive SIGKILL; 4: something could not be removed.
+RESET_SCRIPT = r"""
 me=$$ parent=$PPID rounds=0
 while :; do
   alive=
@@ -318,11 +390,11 @@ while :; do
   [ "$rounds" -ge 50 ] && exit 3
   sleep 0.02
 done
-for root in /workspace /tmp /home/sandbox /dev/shm; do
-  chmod -R u+rwx "$root" 2>/dev/null
-  rm -rf "$root"/* "$root"/.[!.]* "$root"/..?*
-done
-[ -z "$(find /workspace /tmp /home/sandbox /dev/shm -mindepth 1 -print -quit)" ] || exit 4
+roots="/workspace /tmp /home/sandbox /dev/shm"
+chmod -R u+rwx $roots 2>/dev/null
+for root in $roots; do set -- "$@" "$root"/* "$root"/.[!.]* "$root"/..?*; done
+rm -rf -- "$@"
+[ -z "$(find $roots -mindepth 1 -print -quit)" ] || exit 4
 """
 
 
@@ -343,10 +415,12 @@ class _Overflow(Exception):
         self.total = total
 
 
-def _read_frames(raw: socket.socket, deadline: float, limit: int) -> bytes:
-    """Read Docker's multiplexed stream (8-byte headers) until EOF, the deadline or `limit` bytes."""
+def _read_frames(raw: socket.socket, deadline: float, limit: int, stop_at: bytes | None = None) -> tuple[bytes, bool]:
+    """Read Docker's multiplexed stream (8-byte headers) until EOF, the deadline or `limit`
+    bytes, or a complete line holding `stop_at`; True in second place in that last case."""
     buf = bytearray()
     out = bytearray()
+    at, searched = -1, 0  # where `stop_at` starts in `out`; how far `out` was searched
 
     def fill(n: int) -> bool:
         while len(buf) < n:
@@ -368,7 +442,30 @@ def _read_frames(raw: socket.socket, deadline: float, limit: int) -> bytes:
         del buf[: 8 + size]
         if len(out) > limit:
             raise _Overflow(len(out))
-    return bytes(out)
+        if stop_at is not None:
+            if at < 0:  # search only what is new, overlapping by the marker's length
+                at = out.find(stop_at, max(searched - len(stop_at), 0))
+                searched = at + len(stop_at) if at >= 0 else len(out)
+            if at >= 0 and out.find(b"\n", searched) >= 0:
+                return bytes(out), True
+            searched = len(out)
+    return bytes(out), False
+
+
+def _drain(raw: socket.socket, deadline: float, limit: int) -> None:
+    """Read a stream to its end, by the deadline and within `limit` bytes."""
+    total = 0
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout("client deadline")
+        raw.settimeout(left)
+        chunk = raw.recv(65536)
+        if not chunk:
+            return
+        total += len(chunk)
+        if total > limit:
+            raise _Overflow(total)
 
 
 def _parse(payload: bytes, seconds: float, cap: int) -> ExecResult:

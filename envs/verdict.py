@@ -19,6 +19,7 @@ without the secret, exit early as a pass, or patch pytest's reporting unnoticed.
 
 from __future__ import annotations
 
+import ast
 import json
 import secrets
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ PASSED, FAILED = "passed", "failed"
 _HERE = Path(__file__).parent
 CONTROLLER = (_HERE / "test_controller.py").read_text()
 PLUGIN = (_HERE / "verdict_plugin.py").read_bytes()
+_MARKER = "<<cispo-verdict {}>> "
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,11 @@ class VerdictRun:
     argv: list[str]
     stdin: bytes
     secret: str
+
+    @property
+    def marker(self) -> bytes:
+        """What starts the verdict's line in the controller's output."""
+        return _MARKER.format(self.secret).encode()
 
 
 @dataclass(frozen=True)
@@ -50,13 +57,15 @@ class Verdict:
     error: str = ""  # why every test counts as failed; "" when the run held together
 
 
-def verdict_run(prepare: list[str], bundle: bytes, test: list[str], cwd: str, timeout: float) -> VerdictRun:
+def verdict_run(prepare: list[str], bundle: bytes, test: list[str], cwd: str, timeout: float,
+                reset: str) -> VerdictRun:
     """One exec for one grading: `prepare` unpacks `bundle` (its stdin), then `test` runs in
-    `cwd` under `timeout` seconds, wrapped by the controller with a fresh secret."""
+    `cwd` under `timeout` seconds, wrapped by the controller with a fresh secret; after the
+    verdict the controller becomes the shell script `reset` (the sandbox's `RESET_SCRIPT`)."""
     secret = secrets.token_hex(16)
-    job = json.dumps({"prepare": prepare, "test": test, "cwd": cwd, "timeout": timeout})
-    stdin = b"%s\n%010d\n%s%s" % (secret.encode(), len(PLUGIN), PLUGIN, bundle)
-    return VerdictRun(["python3", "-I", "-S", "-c", CONTROLLER, job], stdin, secret)
+    job = "".join(f"{field}\0" for field in (cwd, repr(float(timeout)), reset, len(prepare), *prepare, *test)).encode()
+    stdin = b"%s\n%010d\n%s%010d\n%s%s" % (secret.encode(), len(job), job, len(PLUGIN), PLUGIN, bundle)
+    return VerdictRun(["python3", "-I", "-S", "-c", CONTROLLER], stdin, secret)
 
 
 def read_verdict(output: str, secret: str, test_ids: list[str] | None) -> Verdict:
@@ -66,20 +75,20 @@ def read_verdict(output: str, secret: str, test_ids: list[str] | None) -> Verdic
     quotes, brackets, " - "); a missing one failed. None: every test the run reported.
     """
     all_failed = {tid: FAILED for tid in test_ids or ()}
-    marker = f"<<cispo-verdict {secret}>> "
+    marker = _MARKER.format(secret)
     at = output.rfind(marker)
     if at < 0:
         return Verdict(None, "", all_failed, error="the test run ended without a verdict (its controller was killed)")
     try:
-        verdict = json.loads(output[at + len(marker) :].split("\n", 1)[0])
+        verdict = ast.literal_eval(output[at + len(marker) :].split("\n", 1)[0])
         prep = verdict["prepare"]
         prepared = dict(prepare_code=int(prep["exit_code"]), prepare_output=str(prep["output"]))
         if prepared["prepare_code"] != 0:
             return Verdict(**prepared, tests=all_failed)
-        code, records = int(verdict["exit_code"]), list(verdict["records"])
+        code, records = int(verdict["exit_code"]), _records(str(verdict["records"]), int(verdict["dropped"]))
         ran = dict(prepared, timed_out=bool(verdict["timed_out"]), test_seconds=float(verdict["test_seconds"]),
                    log=str(verdict["log"]))
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, SyntaxError, KeyError, TypeError) as e:
         return Verdict(None, "", all_failed, error=f"the verdict could not be read: {e!r}")
     error = _inconsistency(code, records)
     if error:
@@ -90,6 +99,20 @@ def read_verdict(output: str, secret: str, test_ids: list[str] | None) -> Verdic
             by_id.setdefault(r.get("nodeid"), []).append(r)
     ids = test_ids if test_ids is not None else list(by_id)
     return Verdict(**ran, tests={tid: _outcome(by_id.get(tid, [])) for tid in ids})
+
+
+def _records(text: str, dropped: int) -> list[dict]:
+    """The plugin's JSON lines; a line it cannot have written is "garbled", a cut-off tail "overflow"."""
+    parsed = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        parsed.append(record if isinstance(record, dict) else {"event": "garbled", "text": line[:200]})
+    if dropped:
+        parsed.append({"event": "overflow", "dropped": dropped})
+    return parsed
 
 
 def _inconsistency(code: int, records: list[dict]) -> str:

@@ -19,6 +19,7 @@ from cispo.envs.repo import snapshot
 from cispo.envs.swe import patch_reward, render_patch_prompt
 from cispo.envs.pool import SandboxPool, set_shared_pool
 from cispo.envs.sandbox import LABEL
+from cispo.envs.verdict import read_verdict, verdict_run
 from cispo.reward.worker import normalise_result
 
 FORCE_PASS = """import pytest
@@ -117,6 +118,20 @@ def test_broken_task_and_dead_daemon_are_infra_errors(synthetic, pool, tmp_path,
     assert res.status == "infra_error" and math.isnan(res.reward) and "no Docker engine answers" in res.error
 
 
+def test_controller_kills_leftovers_before_it_becomes_the_reset_shell(pool):
+    """A process the tests left behind (same uid) could trace the reset shell, which is
+    dumpable, and fake a clean reset: the controller kills them first, while it is not."""
+    survivors = ("for d in /proc/[0-9]*; do p=${d#/proc/}; [ -O $d ] && [ $p != $$ ] && [ $p != $PPID ] && cat $d/comm; done; "
+                 "echo listed")  # $PPID: coreutils `timeout`, which wraps this exec
+    vrun = verdict_run(["true"], b"", ["sh", "-c", "setsid sleep 1000 & setsid sh -c 'sleep 1000' & exit 0"],
+                       "/workspace", 10, reset=survivors)
+    with pool.sandbox() as sb:
+        run = sb.exec(vrun.argv, stdin=vrun.stdin, timeout=30, trusted=True)  # no resets_after: all its output
+    assert read_verdict(run.output, vrun.secret, None).prepare_code == 0
+    after_verdict = run.output.split(vrun.marker.decode(), 1)[1].split("\n", 1)[1]
+    assert after_verdict == "listed\n"  # the reset shell saw no process of its uid but itself and its parent
+
+
 def _kill_during_tests(times: int) -> threading.Thread:
     """Docker-kill (for real) each of this process's sandboxes once pytest runs in it, `times` times."""
 
@@ -124,7 +139,7 @@ def _kill_during_tests(times: int) -> threading.Thread:
         killed = set()
         while len(killed) < times:
             for c in engine.connect().containers.list(filters={"label": [LABEL, f"{LABEL}.pid={os.getpid()}"]}):
-                if c.id not in killed and c.status == "running" and "pytest" in json.dumps(_top(c)):
+                if c.id not in killed and c.status == "running" and _runs_pytest(c):
                     c.kill()
                     killed.add(c.id)
             time.sleep(0.05)
@@ -134,11 +149,14 @@ def _kill_during_tests(times: int) -> threading.Thread:
     return thread
 
 
-def _top(container) -> dict:
+def _runs_pytest(container) -> bool:
+    """A process of the container is pytest itself (the grading controller's command line
+    names pytest too, until its exec ends: the sandbox's reset included)."""
     try:
-        return container.top()
+        top = container.top()
     except docker.errors.APIError:  # stopped between the listing and now
-        return {}
+        return False
+    return any(proc[-1].startswith("python3 -m pytest") for proc in top.get("Processes") or [])
 
 
 @pytest.mark.slow

@@ -83,10 +83,12 @@ def test_paths_to_restore_adds_the_test_patch_files():
 
 
 def _verdict(records, exit_code, secret="s3cret", prepare_code=0) -> str:
-    """Controller output as `test_controller.py` prints it, after some noise from the tests."""
+    """Controller output as `test_controller.py` prints it, after some noise from the tests.
+    `records`: the plugin's records, or raw lines (str) something else wrote to its pipe."""
+    lines = "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records)
     body = {"prepare": {"exit_code": prepare_code, "output": "<<cispo-prepare>> applied none", "seconds": 0.1},
-            "exit_code": exit_code, "timed_out": False, "test_seconds": 1.0, "records": records, "log": "..."}
-    return f"<<cispo-verdict forged>> {json.dumps({**body, 'exit_code': 0})}\n<<cispo-verdict {secret}>> {json.dumps(body)}\n"
+            "exit_code": exit_code, "timed_out": False, "test_seconds": 1.0, "records": lines, "dropped": 0, "log": "..."}
+    return f"<<cispo-verdict forged>> {({**body, 'exit_code': 0})!r}\n<<cispo-verdict {secret}>> {body!r}\n"
 
 
 def _report(nodeid, when, outcome, xfail=False):
@@ -140,7 +142,8 @@ def test_verdict_outcomes_match_ids_exactly():
         (RECORDS[:-1], 0, "before pytest finished its session"),
         (RECORDS[1:], 1, "never loaded the verdict plugin"),
         (RECORDS[:-1] + [{"event": "finish", "exitstatus": 1, "tampered": ["replaced x"]}], 1, "tampered with: replaced x"),
-        ([{"event": "garbled", "text": "PASSED"}] + RECORDS, 1, "did not write"),
+        (["PASSED tests/t.py::test_a"] + RECORDS, 1, "did not write"),
+        (["5"] + RECORDS, 1, "did not write"),  # JSON, but no record
         (RECORDS[:5] + [{"event": "finish", "exitstatus": 1, "tampered": []}], 1, "no test failed"),
     ],
 )

@@ -1,6 +1,7 @@
 """The sandbox container against the real daemon: limits, timeouts, output caps, reset, sweep, retries."""
 
 import json
+import shlex
 import threading
 
 import docker.errors
@@ -10,7 +11,7 @@ import requests
 from cispo.envs.engine import START_HINT, EngineUnavailable, InfraError, connect, with_retries
 from cispo.envs.image import DEFAULT_IMAGE, debian_mirror
 from cispo.envs.pool import SandboxPool
-from cispo.envs.sandbox import LABEL, owner_labels, sweep_leftovers
+from cispo.envs.sandbox import LABEL, RESET_SCRIPT, owner_labels, sweep_leftovers
 
 
 def _our_processes(sb) -> list[str]:
@@ -76,6 +77,30 @@ def test_reset_kills_processes_and_empties_workspace(pool):
         assert listing.split() == ["/home/sandbox:", "/tmp:", "/workspace:"]
         # Only PID 1's `sleep infinity` (nobody's) is left; the setsid sleep of ours is gone.
         assert "sleep" not in _our_processes(s)
+
+
+def test_command_that_resets_the_sandbox_after_its_marker(pool):
+    """The grading controller's way: one exec that answers, then resets; reset() waits for it,
+    then starts the program again, on standby for its stdin."""
+    with pool.sandbox() as s:
+        script = ("read -r word || exit 9; setsid sleep 1000 & touch /workspace/w /tmp/t; echo \"<<done>> $word\"; "
+                  f"exec sh -c {shlex.quote(RESET_SCRIPT)}")
+        res = s.exec(["sh", "-c", script], stdin=b"one\n", trusted=True, resets_after=b"<<done>> ")
+        assert res.ok and res.output.strip() == "<<done>> one"
+        with pytest.raises(RuntimeError, match="resetting itself"):
+            s.exec(["true"])
+        assert s.reset()
+        assert s.exec(["ls", "-A", "/workspace", "/tmp"]).output.split() == ["/tmp:", "/workspace:"]
+        assert "sleep" not in _our_processes(s)
+        # The standby was dropped by that other command (its stdin ended); now a fresh one serves.
+        assert s.exec(["sh", "-c", script], stdin=b"two\n", trusted=True, resets_after=b"<<done>> ").output.strip() == "<<done>> two"
+        assert s.reset() and s._standby is not None
+        standby_id = s._standby[1]
+        res = s.exec(["sh", "-c", script], stdin=b"three\n", trusted=True, resets_after=b"<<done>> ")
+        assert res.output.strip() == "<<done>> three" and s._resetting[1] == standby_id  # the standby served
+        assert s.reset()
+        failing = s.exec(["sh", "-c", "read -r x; echo '<<done>>'; exit 4"], stdin=b"\n", trusted=True, resets_after=b"<<done>>")
+        assert failing.ok and not s.reset()  # a reset that fails is reported, and the pool replaces the sandbox
 
 
 def test_pool_reuses_and_limits_concurrency():
