@@ -1,6 +1,7 @@
 """Asynchronous vs synchronous RL steps, side by side in one run: the same job and sample budget.
 
-Scoring is slowed down (`bench/slow_reward.py`: a per-sample delay,
+The job is the default one (`make train`'s config; `--policy dense` swaps in the dense
+policy on vLLM). Scoring is slowed down (`bench/slow_reward.py`: a per-sample delay,
 two reward workers), the situation async rollouts are for. The same job runs with
 trainer.max_staleness 0 (the synchronous driver), 1 and 2; each prints samples/s
 (steps' wall time, start-up excluded), its generate/score/learner seconds per step,
@@ -9,7 +10,7 @@ the steps' wall clock that generation, scoring and learning were busy
 (`output_dir/timeline.jsonl`). The last line is the ratio at staleness 1.
 
     .venv/bin/python bench/async_vs_sync.py [--quick] [--steps N] [--reward-delay-ms D] [--scoring-calls K]
-        [--staleness 0,1,2]
+        [--staleness 0,1,2] [--policy hybrid|dense]
 
 --quick is a smoke check (under a minute): staleness 0 and 1 only, a few steps, no
 warm-up; its figures are not the benchmark's.
@@ -24,26 +25,34 @@ import tempfile
 from pathlib import Path
 
 import ray
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
 
+import cispo.cli  # noqa: F401  (registers the config schema)
 from cispo.config import Config, validate
 from cispo.timeline import busy_seconds, read_spans
 
 SLOW_REWARD = f"{Path(__file__).resolve().parent / 'slow_reward.py'}:delayed_addition_reward"
 
 
-def job_config(output_dir: str, steps: int, sft_steps: int, max_staleness: int, scoring_calls: int) -> Config:
-    cfg = Config()
+# The default job's policy (the hybrid model on the built-in sampler) or the dense one on vLLM.
+POLICIES = {"hybrid": [], "dense": ["model=qwen2_tiny", "rollout=vllm"]}
+
+
+def job_config(output_dir: str, steps: int, sft_steps: int, max_staleness: int, scoring_calls: int,
+               policy: str) -> Config:
+    with initialize_config_module(config_module="cispo.conf", version_base="1.3"):
+        cfg: Config = OmegaConf.to_object(compose("config", overrides=POLICIES[policy]))
     cfg.trainer.output_dir, cfg.trainer.steps, cfg.trainer.sft_steps = output_dir, steps, sft_steps
     cfg.trainer.save_every, cfg.trainer.max_staleness = 0, max_staleness
     cfg.rollout.scoring_calls_in_flight = scoring_calls
-    cfg.rollout.max_new_tokens = 8  # as conf/rollout/vllm.yaml
     cfg.reward.fn, cfg.reward.num_workers = SLOW_REWARD, 2
     cfg.logger.mode, cfg.logger.progress_bar = "disabled", False
     return validate(cfg)
 
 
-def run(output_dir: str, steps: int, sft_steps: int, max_staleness: int, scoring_calls: int) -> dict:
-    cfg = job_config(output_dir, steps, sft_steps, max_staleness, scoring_calls)
+def run(output_dir: str, steps: int, sft_steps: int, max_staleness: int, scoring_calls: int, policy: str) -> dict:
+    cfg = job_config(output_dir, steps, sft_steps, max_staleness, scoring_calls, policy)
     if max_staleness == 0:
         from cispo.train import train as driver
     else:
@@ -82,12 +91,14 @@ def main() -> None:
                         help="smoke run under a minute: staleness 0 and 1, few steps (not the figures)")
     parser.add_argument("--steps", type=int, default=None, help="RL steps per run (default 60, quick 3)")
     parser.add_argument("--sft-steps", type=int, default=None, help="warm-up steps (default 40, quick 0)")
-    parser.add_argument("--reward-delay-ms", type=float, default=12.0,
-                        help="per-sample scoring delay; on the 2-core CI machine 12 ms makes scoring ~5x generation, "
-                             "6 ms ~ generation + learner, 3 ms ~ generation")
+    parser.add_argument("--reward-delay-ms", type=float, default=6.0,
+                        help="per-sample scoring delay; with the hybrid policy on the 2-core CI machine 6 ms makes "
+                             "scoring cost about generation + learner, 3 ms half of that")
     parser.add_argument("--scoring-calls", type=int, default=Config().rollout.scoring_calls_in_flight,
                         help="rollout.scoring_calls_in_flight of the async runs (1: one scoring call at a time)")
     parser.add_argument("--staleness", default=None, help="comma-separated levels (default 0,1,2; quick 0,1)")
+    parser.add_argument("--policy", choices=list(POLICIES), default="hybrid",
+                        help="hybrid: the default job's minimax_tiny on the built-in sampler; dense: qwen2_tiny on vLLM")
     args = parser.parse_args()
     steps = args.steps or (3 if args.quick else 60)
     sft_steps = args.sft_steps if args.sft_steps is not None else (0 if args.quick else 40)
@@ -101,11 +112,11 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for m in staleness_levels:
-                runs[m] = run(f"{tmp}/staleness{m}", steps, sft_steps, m, args.scoring_calls)
+                runs[m] = run(f"{tmp}/staleness{m}", steps, sft_steps, m, args.scoring_calls, args.policy)
     finally:
         ray.shutdown()
 
-    print(f"\n{steps} steps x {int(runs[0]['samples'] / steps)} samples, reward delay {args.reward_delay_ms:g} ms/sample"
+    print(f"\n{args.policy} policy, {steps} steps x {int(runs[0]['samples'] / steps)} samples, reward delay {args.reward_delay_ms:g} ms/sample"
           " over 2 workers; per-step seconds are means (async: they overlap)")
     print(f"{'staleness':>9} {'samples/s':>9} {'wall_s':>7} {'gen_s':>6} {'score_s':>7} {'learn_s':>7} "
           f"{'t@50%':>6} {'rew@50%':>7} {'t@100%':>6} {'rew@100%':>8} {'eval':>5}")
