@@ -424,11 +424,7 @@ def _read_frames(raw: socket.socket, deadline: float, limit: int, stop_at: bytes
 
     def fill(n: int) -> bool:
         while len(buf) < n:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise socket.timeout("client deadline")
-            raw.settimeout(left)
-            chunk = raw.recv(65536)
+            chunk = _recv(raw, deadline)
             if not chunk:
                 return False
             buf.extend(chunk)
@@ -452,17 +448,19 @@ def _read_frames(raw: socket.socket, deadline: float, limit: int, stop_at: bytes
     return bytes(out), False
 
 
+def _recv(raw: socket.socket, deadline: float) -> bytes:
+    """The next bytes of a stream (b"" at its end); socket.timeout past the deadline."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise socket.timeout("client deadline")
+    raw.settimeout(left)
+    return raw.recv(65536)
+
+
 def _drain(raw: socket.socket, deadline: float, limit: int) -> None:
     """Read a stream to its end, by the deadline and within `limit` bytes."""
     total = 0
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise socket.timeout("client deadline")
-        raw.settimeout(left)
-        chunk = raw.recv(65536)
-        if not chunk:
-            return
+    while chunk := _recv(raw, deadline):
         total += len(chunk)
         if total > limit:
             raise _Overflow(total)
