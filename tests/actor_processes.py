@@ -41,13 +41,16 @@ def actor_processes(raylets: list[int], title: str) -> list[psutil.Process]:
 
 
 def kill_while_running(raylets: list[int], title: str, when: Callable[[], bool] = lambda: True,
-                       timeout_s: float = 300.0) -> int | None:
-    """Once `when()` holds, SIGKILL the first process seen running `title` ("Class.method");
-    its pid, or None when none ran within timeout_s of `when()` holding."""
+                       timeout_s: float = 300.0, stop: threading.Event | None = None) -> int | None:
+    """Once `when()` holds, SIGKILL the first process seen running `title` ("Class.method", or
+    "Class" for the actor whatever it runs); its pid, or None when none ran within timeout_s of
+    `when()` holding, or `stop` was set first."""
+    stop = stop or threading.Event()
     while not when():
-        time.sleep(0.05)
+        if stop.wait(0.05):
+            return None
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not stop.is_set():
         running = actor_processes(raylets, title)
         if running:
             os.kill(running[0].pid, signal.SIGKILL)
@@ -57,18 +60,27 @@ def kill_while_running(raylets: list[int], title: str, when: Callable[[], bool] 
 
 
 class Killer(threading.Thread):
-    """In the background (a daemon thread: it waits forever for `when()`, and dies with the test
-    process if that never holds): kill the actor process running `title` once `when()` holds;
-    `pid` says which process (None: none ran in time)."""
+    """In the background, kill the actor process running `title` once `when()` holds; `pid` says
+    which process (None: none ran in time). Use it as a context manager around the run: on exit it
+    stops looking, so it never kills an actor of a later test."""
 
     def __init__(self, raylets: list[int], title: str, when: Callable[[], bool] = lambda: True,
                  timeout_s: float = 300.0):
         super().__init__(daemon=True, name=f"kill-{title}")
         self.raylets, self.title, self.when, self.timeout_s = raylets, title, when, timeout_s
         self.pid: int | None = None
+        self._cancelled = threading.Event()
 
     def run(self) -> None:
-        self.pid = kill_while_running(self.raylets, self.title, self.when, self.timeout_s)
+        self.pid = kill_while_running(self.raylets, self.title, self.when, self.timeout_s, self._cancelled)
+
+    def __enter__(self) -> "Killer":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._cancelled.set()
+        self.join()
 
 
 def steps_logged(output_dir) -> int:

@@ -55,13 +55,12 @@ def main(output_dir: str) -> None:
         validate(cfg)
 
         watch = PlacementWatch(nodes)
-        killer = Killer([nodes["rollout_node"]], "VLLMWorker.generate", when=lambda: steps_logged(output_dir) >= 1)
         watch.start()
-        killer.start()
-        result = run_job(cfg)
+        with Killer([nodes["rollout_node"]], "VLLMWorker.generate",
+                    when=lambda: steps_logged(output_dir) >= 1) as killer:
+            result = run_job(cfg)
         watch.stop.set()
         watch.join()
-        killer.join(timeout=5)
         last = [json.loads(line) for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines()
                 if "reward/mean" in line][-1]
         print(json.dumps({

@@ -57,13 +57,9 @@ def test_engine_and_reward_worker_killed_mid_run_are_replaced_and_their_work_red
                      reward__fn=f"{USER_REWARDS}:paced_addition_reward", reward__num_workers=2,
                      trainer__max_staleness=max_staleness)
     out = cfg.trainer.output_dir
-    engine_killer = Killer(raylet_pids(), "VLLMWorker.generate", when=lambda: steps_logged(out) >= 1)
-    reward_killer = Killer(raylet_pids(), "RewardWorker.score", when=lambda: steps_logged(out) >= 2)
-    engine_killer.start()
-    reward_killer.start()
-    result = run_job(cfg)
-    engine_killer.join(timeout=5)
-    reward_killer.join(timeout=5)
+    with (Killer(raylet_pids(), "VLLMWorker.generate", when=lambda: steps_logged(out) >= 1) as engine_killer,
+          Killer(raylet_pids(), "RewardWorker.score", when=lambda: steps_logged(out) >= 2) as reward_killer):
+        result = run_job(cfg)
     assert engine_killer.pid is not None and reward_killer.pid is not None
     assert result["steps"] == 4
 
@@ -86,16 +82,17 @@ def test_learner_killed_mid_run_restarts_the_job_from_its_last_checkpoint(ray_se
     cfg = job_config(trainer__steps=4, trainer__save_every=2, trainer__max_restarts=1,
                      trainer__max_staleness=max_staleness)
     out = cfg.trainer.output_dir
-    # Steps 1-3 done (checkpoint at 2): killed in step 4, the job goes back to step 2.
-    killer = Killer(raylet_pids(), "Learner.train_step", when=lambda: steps_logged(out) >= 3)
-    killer.start()
-    result = run_job(cfg)
-    killer.join(timeout=5)
+    # Once step 3 is logged (checkpoint at 2) the learner's process is killed, whatever it runs
+    # (a step's train_step may be over before a poll sees it); the job goes back to step 2.
+    with Killer(raylet_pids(), "Learner", when=lambda: steps_logged(out) >= 3) as killer:
+        result = run_job(cfg)
     assert killer.pid is not None
     assert "learner died" in capsys.readouterr().err
     assert result["steps"] == 4
     assert result["optimizer_steps"] == cfg.trainer.sft_steps + 4  # the optimizer state of step 2 came back
 
     steps = check_trained_once(cfg)
-    assert [m["step"] for m in steps] == [1, 2, 3, 3, 4]  # step 3 logged before the kill, then again
+    logged = [m["step"] for m in steps]
+    # Killed in step 4, or (a step can be quicker than the kill) once it was logged: steps 3 and 4 again.
+    assert logged in ([1, 2, 3, 3, 4], [1, 2, 3, 4, 3, 4]), logged
     assert steps[-1]["faults/learner_restarts"] == 1
