@@ -7,7 +7,8 @@ regrouped:
 * lightning attention works on blocks of B tokens. Each document is padded up to a
   multiple of B so that no block straddles two documents; a block then belongs to one
   document and "reset the state at a boundary" becomes "do not carry state between
-  blocks of different documents" (waste: under B tokens per document).
+  blocks of different documents" (waste: under B tokens per document; B shrinks to
+  fit when every document is shorter).
 * softmax attention works on a (documents, longest) padded batch. Padding sits at the
   end of a document, so under the causal mask it never reaches a real token.
 
@@ -26,7 +27,7 @@ class PackedLayout:
     cu_seqlens: torch.Tensor  # (D+1,) int64 document offsets in the flat stream
     lengths: torch.Tensor  # (D,) tokens per document
     positions: torch.Tensor  # (T,) position of each token within its document
-    block_size: int
+    block_size: int  # the lightning chunk length asked for, or less when every document is shorter
     num_blocks: int  # total blocks over all documents (each padded to a multiple of B)
     block_slot: torch.Tensor | None  # (T,) flat index into (num_blocks * B); None when the layout is a reshape
     block_doc: torch.Tensor  # (num_blocks,) document of each block
@@ -49,11 +50,15 @@ class PackedLayout:
         doc_of_token = torch.repeat_interleave(torch.arange(num_docs, device=device), lengths)  # (T,)
         positions = torch.arange(total, device=device) - cu[:-1][doc_of_token]  # (T,)
 
+        max_len = int(lengths.max())
+        # Blocks only split the sum, so any length gives the same result: when every document is
+        # shorter than `block_size`, the smallest power of two holding the longest pads far less
+        # (an RL batch of 20-token responses would otherwise be mostly padding).
+        block_size = min(block_size, 1 << (max_len - 1).bit_length())
         blocks_per_doc = (lengths + block_size - 1) // block_size  # (D,)
         block_start = torch.cumsum(blocks_per_doc, 0) - blocks_per_doc  # (D,) first block of each document
         num_blocks = int(blocks_per_doc.sum())
         uniform = bool((lengths == lengths[0]).all())
-        max_len = int(lengths.max())
 
         block_slot = block_start[doc_of_token] * block_size + positions  # (T,)
         pad_slot = doc_of_token * max_len + positions  # (T,)

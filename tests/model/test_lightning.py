@@ -53,6 +53,18 @@ def test_packed_documents_reset_state_at_boundaries():
         torch.testing.assert_close(final[doc], alone_final[0], rtol=1e-5, atol=1e-5)
 
 
+def test_short_documents_take_shorter_blocks_with_the_same_result():
+    slope = decay_slopes(H, 1, 4)
+    cu = torch.tensor([0, 9, 14, 27], dtype=torch.int32)  # the longest document: 13 tokens
+    q, k, v = _qkv(27)
+    layouts = {chunk: PackedLayout.from_cu_seqlens(cu, chunk) for chunk in (4, 16, 64)}
+    assert {c: lay.block_size for c, lay in layouts.items()} == {4: 4, 16: 16, 64: 16}
+    results = [lightning_attention(q, k, v, slope, lay, return_state=True) for lay in layouts.values()]
+    for out, final in results[1:]:
+        torch.testing.assert_close(out, results[0][0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(final, results[0][1], rtol=1e-5, atol=1e-5)
+
+
 def test_final_state_continues_with_decode_steps():
     """Prefill then token-by-token decode equals one pass over the whole sequence."""
     slope = decay_slopes(H, 0, 4)
