@@ -93,7 +93,7 @@ def main() -> None:
     parser.add_argument("--sft-steps", type=int, default=None, help="warm-up steps (default 40, quick 0)")
     parser.add_argument("--reward-delay-ms", type=float, default=6.0,
                         help="per-sample scoring delay; with the hybrid policy on the 2-core CI machine 6 ms makes "
-                             "scoring cost about generation + learner, 3 ms half of that")
+                             "scoring cost a little more than generation + learner, 3 ms about two thirds of it")
     parser.add_argument("--scoring-calls", type=int, default=Config().rollout.scoring_calls_in_flight,
                         help="rollout.scoring_calls_in_flight of the async runs (1: one scoring call at a time)")
     parser.add_argument("--staleness", default=None, help="comma-separated levels (default 0,1,2; quick 0,1)")
