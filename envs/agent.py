@@ -111,7 +111,7 @@ def run_episode(
     ep = _Episode(tokenizer, config, tokenizer.encode(render_prompt(task, config)))
     try:
         repo_tar = snapshot(task.repo_path, task.base_commit)
-        with pool.sandbox(task.image) as sb:
+        with pool.sandbox(task.image, discard_after=True) as sb:  # the model's commands ran in it
             sb.write_tar(repo_tar)
             ep.play(policy, sampling, sb)
             diff = sb.exec(["sh", "-c", "git add -A && git diff --cached --binary HEAD"],

@@ -63,14 +63,18 @@ class SandboxPool:
         atexit.register(self.close)
 
     @contextmanager
-    def sandbox(self, image: str | None = None) -> Iterator[Sandbox]:
+    def sandbox(self, image: str | None = None, discard_after: bool = False) -> Iterator[Sandbox]:
+        """A sandbox for one use. `discard_after`: remove the container afterwards instead of
+        resetting it, for uses that run the model's commands outside the grading controller (an
+        agent episode): a process they leave behind could trace the reset's shell (same uid, and
+        this host lets one uid trace another) and outlive the reset into a later grading."""
         image = image or self.config.image
         with self._slots:
             sb = self._take(image)
             try:
                 yield sb
             finally:
-                self._give_back(sb)
+                self._give_back(sb, reusable=not discard_after)
 
     def prewarm(self, image: str | None = None, n: int | None = None) -> None:
         """Start idle containers up to `n` (default: `warm`) for `image`."""
@@ -122,19 +126,19 @@ class SandboxPool:
             self.stats.created += 1
         return sb
 
-    def _give_back(self, sb: Sandbox) -> None:
-        """Reset (or, cold, remove) in the background; the slot is free at once."""
+    def _give_back(self, sb: Sandbox, reusable: bool) -> None:
+        """Reset (or, cold or not `reusable`, remove) in the background; the slot is free at once."""
         with self._lock:
             self._recycling[sb.image] += 1
-        threading.Thread(target=self._recycle, args=(sb,), daemon=True).start()
+        threading.Thread(target=self._recycle, args=(sb, self.reuse and reusable), daemon=True).start()
 
-    def _recycle(self, sb: Sandbox) -> None:
+    def _recycle(self, sb: Sandbox, reusable: bool) -> None:
         keep = False
         try:
-            ok = self.reuse and sb.reset()
+            ok = reusable and sb.reset()
             with self._lock:
                 keep = ok and not self._closed and len(self._idle[sb.image]) < self.warm
-                if self.reuse and not ok:
+                if reusable and not ok:
                     self.stats.reset_failures += 1
             if not keep:
                 sb.remove()

@@ -9,6 +9,7 @@ from transformers import PreTrainedTokenizerFast
 
 from cispo.envs.agent import AgentConfig, render_prompt, run_episode
 from cispo.envs.agent_tools import REPO, TOOL_DOCS, ToolCall, run_tool
+from cispo.envs.engine import connect
 from cispo.envs.repo import snapshot
 from cispo.types import Completion, SamplingParams
 
@@ -103,6 +104,17 @@ def test_infra_error_is_masked(synthetic, pool, tokenizer, tmp_path):
     assert res.status == "infra_error" and math.isnan(res.reward) and res.finish_reason == "env_error"
     sample = res.to_sample("s1", "g1")
     assert not sample.trainable and sample.reward_error
+
+
+def test_an_agent_episodes_container_is_removed_not_reused(synthetic, pool, tokenizer):
+    """A process the model left behind could trace the pool's reset (same uid) and outlive it into a
+    later grading, so the container an agent's commands ran in never serves another use."""
+    task = synthetic["synthetic__statkit-1"]
+    turns = [call("bash", command="cat /etc/hostname"), call("submit")]  # Docker's hostname: the short id
+    res = run_episode(task, ScriptedPolicy(tokenizer, turns), tokenizer, pool)
+    short_id = next(text for role, text in res.transcript if role == "tool").split("\n")[0]
+    pool.drain()
+    assert len(short_id) == 12 and not connect().containers.list(all=True, filters={"id": short_id})
 
 
 def test_bash_is_one_shell_session_per_episode(synthetic, pool):
