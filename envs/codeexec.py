@@ -20,7 +20,7 @@ from typing import Any
 from cispo.envs.engine import InfraError
 from cispo.envs.grading import CONTROLLER_GRACE, PYTEST_ARGS, VERDICT_CAP
 from cispo.envs.pool import SandboxPool, shared_pool
-from cispo.envs.sandbox import RESET_SCRIPT, tar_files
+from cispo.envs.sandbox import tar_files
 from cispo.envs.verdict import PASSED, read_verdict, verdict_run
 
 _FENCE = re.compile(r"```(?:python|py)[ \t]*\n(.*?)```", re.DOTALL)
@@ -40,7 +40,7 @@ def run_code_tests(code: str, tests: str, pool: SandboxPool, timeout: float = 30
         return {"score": 0.0, "status": "unresolved", "fraction": 0.0, "tests": {}, "error": "no ```python block in the response"}
     files = tar_files({"code/solution.py": code, "code/test_solution.py": tests})
     vrun = verdict_run(["tar", "-x", "--no-same-owner", "-C", "/workspace"], files,
-                       ["python3", "-m", "pytest", *PYTEST_ARGS, "test_solution.py"], DIR, timeout, reset=RESET_SCRIPT)
+                       ["python3", "-m", "pytest", *PYTEST_ARGS, "test_solution.py"], DIR, timeout)
     try:
         with pool.sandbox(image) as sb:
             run = sb.exec(vrun.argv, stdin=vrun.stdin, timeout=timeout + CONTROLLER_GRACE, output_cap=VERDICT_CAP,

@@ -25,7 +25,7 @@ from cispo.envs.engine import InfraError
 from cispo.envs.patching import PREPARE, UnsafePatch, patch_files, paths_to_restore
 from cispo.envs.pool import SandboxPool
 from cispo.envs.repo import RepoError, snapshot
-from cispo.envs.sandbox import RESET_SCRIPT, ExecResult, tar_files
+from cispo.envs.sandbox import ExecResult, tar_files
 from cispo.envs.tasks import SWETask
 from cispo.envs.verdict import PASSED, Verdict, read_verdict, verdict_run
 
@@ -110,8 +110,7 @@ def _run_in_sandbox(task: SWETask, bundle: bytes, restore: list[str], pool: Sand
     """One exec in one sandbox: prepare the repository, then (if that worked) run the tests;
     after the verdict the same exec resets the sandbox for its next use."""
     vrun = verdict_run(["sh", "-c", PREPARE, "prepare", *restore], bundle,
-                       ["sh", "-c", f'{task.test_cmd} "$@"', "tests", *PYTEST_ARGS, *task.test_ids], REPO, task.timeout,
-                       reset=RESET_SCRIPT)
+                       ["sh", "-c", f'{task.test_cmd} "$@"', "tests", *PYTEST_ARGS, *task.test_ids], REPO, task.timeout)
     with pool.sandbox(task.image) as sb:
         run = sb.exec(vrun.argv, stdin=vrun.stdin, timeout=PREPARE_TIMEOUT + task.timeout + CONTROLLER_GRACE,
                       workdir="/workspace", output_cap=VERDICT_CAP, trusted=True, resets_after=vrun.marker)

@@ -25,6 +25,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from cispo.envs.sandbox import RESET_SCRIPT
+
 PASSED, FAILED = "passed", "failed"
 _HERE = Path(__file__).parent
 CONTROLLER = (_HERE / "test_controller.py").read_text()
@@ -58,10 +60,11 @@ class Verdict:
 
 
 def verdict_run(prepare: list[str], bundle: bytes, test: list[str], cwd: str, timeout: float,
-                reset: str) -> VerdictRun:
+                reset: str = RESET_SCRIPT) -> VerdictRun:
     """One exec for one grading: `prepare` unpacks `bundle` (its stdin), then `test` runs in
     `cwd` under `timeout` seconds, wrapped by the controller with a fresh secret; after the
-    verdict the controller becomes the shell script `reset` (the sandbox's `RESET_SCRIPT`)."""
+    verdict the controller becomes the shell script `reset` (the sandbox's reset: run it with
+    `Sandbox.exec(..., resets_after=run.marker)`)."""
     secret = secrets.token_hex(16)
     job = "".join(f"{field}\0" for field in (cwd, repr(float(timeout)), reset, len(prepare), *prepare, *test)).encode()
     stdin = b"%s\n%010d\n%s%010d\n%s%s" % (secret.encode(), len(job), job, len(PLUGIN), PLUGIN, bundle)

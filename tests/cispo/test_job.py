@@ -108,7 +108,8 @@ def test_a_part_that_fails_to_start_stops_the_actors_started_before_it(ray_sessi
     free = ray.available_resources()["CPU"]
     # The learner and the engines start, then the reward workers cannot load the function.
     cfg = job_config(reward__fn="cispo.reward.not_a_module:fn")
-    with pytest.raises(Exception, match="cannot import module"):
+    with pytest.raises(RuntimeError, match=r"(?s)reward workers for cispo\.reward\.not_a_module:fn did not start: "
+                                           r".*cannot import module"):
         Job(cfg)
     assert _free_cpus_return_to(free), f"actors left running: {ray.available_resources()} of {free} CPUs free"
 
