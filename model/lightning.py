@@ -58,29 +58,33 @@ def lightning_attention(
     pos = torch.arange(B, device=q.device, dtype=torch.float32)
     diff = pos[:, None] - pos[None, :]  # (B, B) i - j
     diag_decay = torch.where(diff >= 0, torch.exp(-s3 * diff.clamp(min=0)), 0.0)  # (H, B, B)
-    query_decay = torch.exp(-s * (pos + 1))[:, None, :, None]  # (H, 1, B, 1) distance to the previous block's end
-    key_decay = torch.exp(-s * (B - 1 - pos))[:, None, :, None]  # (H, 1, B, 1) distance to this block's end
 
     # Intra-block, all blocks at once.
     scores = torch.matmul(qb, kb.transpose(-1, -2)) * diag_decay[:, None]  # (H, NB, B, B)
     out = torch.matmul(scores, vb)  # (H, NB, B, d)
 
     # Inter-block: per-block KV contributions, then the decayed prefix sum over blocks of the same document.
-    kv = torch.matmul((kb * key_decay).transpose(-1, -2), vb)  # (H, NB, d, d)
-    states = _entering_states(kv, layout.block_doc, torch.exp(-s[:, 0] * B))  # (H, NB, d, d)
-    out = out + torch.matmul(qb * query_decay, states)  # (H, NB, B, d)
+    # When every document fits in one block (an RL batch of short responses) no state crosses a block.
+    carries = layout.num_blocks > layout.num_docs
+    if carries:
+        query_decay = torch.exp(-s * (pos + 1))[:, None, :, None]  # (H, 1, B, 1) distance to the previous block's end
+        key_decay = torch.exp(-s * (B - 1 - pos))[:, None, :, None]  # (H, 1, B, 1) distance to this block's end
+        kv = torch.matmul((kb * key_decay).transpose(-1, -2), vb)  # (H, NB, d, d)
+        states = _entering_states(kv, layout.block_doc, torch.exp(-s[:, 0] * B))  # (H, NB, d, d)
+        out = out + torch.matmul(qb * query_decay, states)  # (H, NB, B, d)
 
     result = layout.from_blocks(out.permute(1, 2, 0, 3)).to(dtype)  # (T, H, d)
     if not return_state:
         return result, None
 
-    # Final state of each document: its last block's entering state decayed over the r real
-    # tokens of that block, plus those tokens' own outer products decayed to the last one.
+    # Final state of each document: the outer products of its last block's r real tokens decayed
+    # to the last one, plus (if the document spans blocks) that block's entering state decayed over r.
     last, r = layout.last_block, layout.last_len.to(torch.float32)  # (D,), (D,)
     lag_tok = (r[:, None] - 1 - pos[None, :])  # (D, B) distance of token j to the last real token
     tok_decay = torch.where(lag_tok >= 0, torch.exp(-s3 * lag_tok.clamp(min=0)), 0.0)  # (H, D, B)
-    final = torch.exp(-s * r)[..., None, None] * states[:, last]  # (H, D, d, d)
-    final = final + torch.matmul((kb[:, last] * tok_decay[..., None]).transpose(-1, -2), vb[:, last])
+    final = torch.matmul((kb[:, last] * tok_decay[..., None]).transpose(-1, -2), vb[:, last])  # (H, D, d, d)
+    if carries:
+        final = final + torch.exp(-s * r)[..., None, None] * states[:, last]
     return result, final.permute(1, 0, 2, 3)  # (D, H, d, d)
 
 

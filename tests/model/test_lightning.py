@@ -27,12 +27,13 @@ def test_values_equal_naive(T, block, layer):
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
 
 
-def test_gradients_equal_naive():
+@pytest.mark.parametrize("T", [150, 20])  # several blocks; one block (no state crosses a block)
+def test_gradients_equal_naive(T):
     slope = decay_slopes(H, 2, 4)
-    q, k, v = _qkv(150, grad=True)
+    q, k, v = _qkv(T, grad=True)
     qn, kn, vn = [t.detach().clone().requires_grad_(True) for t in (q, k, v)]
-    w = torch.randn(150, H, D)
-    (lightning_attention(q, k, v, slope, PackedLayout.uniform(1, 150, 32, q.device))[0] * w).sum().backward()
+    w = torch.randn(T, H, D)
+    (lightning_attention(q, k, v, slope, PackedLayout.uniform(1, T, 32, q.device))[0] * w).sum().backward()
     (naive_lightning(qn, kn, vn, slope) * w).sum().backward()
     for a, b in [(q, qn), (k, kn), (v, vn)]:
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5 * b.grad.abs().max().item())
