@@ -81,3 +81,34 @@ def matmul_flops(n: int = 2048) -> float:
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
     return 2 * n**3 / best_time(lambda: a @ b, 5)
+
+
+def _token_matmul_flops(c: cm.ModelConfig) -> int:
+    """Matmul FLOPs per token outside the softmax layers' attention: every projection, the
+    router, the k routed experts and the LM head, plus lightning attention in its recurrent
+    form (decay, k^T v into the (d, d) state, q times the state: 4 H d^2, the fewest of its forms)."""
+    D, H, KVH, d, I = c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.intermediate_size
+    flops = 2 * D * c.vocab_size
+    for kind in c.layer_types:
+        if kind == "linear_attention":
+            flops += 2 * D * 3 * H * d + 2 * D * H * d + 2 * H * d * D + 4 * H * d * d
+        else:
+            flops += 2 * D * (H + 2 * KVH) * d + 2 * H * d * D
+        flops += 2 * D * c.num_local_experts + c.num_experts_per_tok * 2 * 3 * D * I
+    return flops
+
+
+def forward_flops(c: cm.ModelConfig, tokens: int) -> float:
+    """The fewest matmul FLOPs an exact forward over one document of `tokens` tokens can do:
+    the per-token work above, plus causal softmax attention (QK^T and PV over the
+    T(T+1)/2 visible pairs). Elementwise work is not counted, so this under-counts."""
+    softmax_layers = c.layer_types.count("full_attention")
+    pairs = tokens * (tokens + 1) / 2
+    return tokens * _token_matmul_flops(c) + softmax_layers * pairs * 4 * c.num_attention_heads * c.head_dim
+
+
+def decode_step_flops(c: cm.ModelConfig, batch: int, context: int) -> float:
+    """The fewest matmul FLOPs of one decode step of `batch` sequences at `context` tokens:
+    the per-token work above, plus each softmax layer's new query against the context's K/V."""
+    softmax_layers = c.layer_types.count("full_attention")
+    return batch * (_token_matmul_flops(c) + softmax_layers * context * 4 * c.num_attention_heads * c.head_dim)

@@ -1,8 +1,11 @@
 """Forward pass at long context: our model vs transformers' MiniMaxForCausalLM, same weights, same run.
 
-Prints, per length, both times and their ratio; our t(32K)/t(8K) (4.0 is linear; the one
-softmax layer is quadratic and pushes it up); the lightning kernel's own scaling; and
-the kernel's achieved FLOP/s at 16K as a fraction of this machine's FP32 GEMM rate.
+Prints, per length, both times and their ratio, and the roofline: the fewest matmul FLOPs
+an exact forward needs (`forward_flops`) over this machine's FP32 GEMM rate, measured in
+the same run, is a time no implementation beats here, so t_hf / that floor bounds the
+speedup any implementation could have over transformers. Then our t(32K)/t(8K) (4.0 is
+linear; the one softmax layer is quadratic and pushes it up); the lightning kernel's own
+scaling; and the kernel's achieved FLOP/s at 16K as a fraction of the GEMM rate.
 CPU, FP32, 2 threads (`--threads`). `--quick` uses short lengths (a smoke run, not the figures).
 """
 
@@ -11,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from model_common import best_time, interleaved_best, keep_large_allocations, matmul_flops, twin_models
+from model_common import best_time, forward_flops, interleaved_best, keep_large_allocations, matmul_flops, twin_models
 
 from cispo.model.lightning import decay_slopes, lightning_attention
 from cispo.model.packing import PackedLayout
@@ -40,7 +43,7 @@ def main() -> None:
     print(f"fp32 GEMM (2048^3) on this machine now: {gemm / 1e9:.1f} GFLOP/s")
 
     ours_t: dict[int, float] = {}
-    print(f"{'tokens':>7} {'ours s':>8} {'hf s':>8} {'hf/ours':>8}")
+    print(f"{'tokens':>7} {'ours s':>8} {'hf s':>8} {'hf/ours':>8} {'floor s':>8} {'hf/floor':>9}  (floor: fewest FLOPs at the GEMM rate)")
     for T in lengths:
         ids = torch.randint(0, 512, (1, T), generator=torch.Generator().manual_seed(T))
         skip_hf = T > args.skip_hf_above
@@ -49,12 +52,15 @@ def main() -> None:
             t = interleaved_best(fns, rounds=1 if T >= 32768 else 2 if T >= 16384 else 3)
         t_ours, t_hf = t["ours"], t.get("hf")
         ours_t[T] = t_ours
+        floor = forward_flops(ours.config, T) / gemm
         if skip_hf:
-            print(f"{T:>7} {t_ours:>8.2f} {'skipped':>8}")
+            print(f"{T:>7} {t_ours:>8.2f} {'skipped':>8} {'':>8} {floor:>8.2f}")
         else:
-            print(f"{T:>7} {t_ours:>8.2f} {t_hf:>8.2f} {t_hf / t_ours:>7.2f}x")
+            print(f"{T:>7} {t_ours:>8.2f} {t_hf:>8.2f} {t_hf / t_ours:>7.2f}x {floor:>8.2f} {t_hf / floor:>8.2f}x")
     lo, hi = lengths[-3], lengths[-1]
-    print(f"ours t({hi})/t({lo}) = {ours_t[hi] / ours_t[lo]:.2f}  (linear = {hi / lo:.1f})")
+    floor_ratio = forward_flops(ours.config, hi) / forward_flops(ours.config, lo)
+    print(f"ours t({hi})/t({lo}) = {ours_t[hi] / ours_t[lo]:.2f}  (linear = {hi / lo:.1f}; "
+          f"the fewest FLOPs grow {floor_ratio:.2f}x: the softmax layer's share is quadratic)")
 
     # The lightning kernel alone: one layer's q, k, v at head count and width of the model.
     H, d, chunk = ours.config.num_attention_heads, ours.config.head_dim, ours.config.lightning_chunk_size

@@ -4,6 +4,9 @@ Batch 32 prompts of 16 tokens, 256 new tokens each, temperature 1, no stop token
 every engine produces exactly 32 x 256 tokens. vLLM 0.32 has no MiniMax-Text-01, so its
 figure is for a dense Qwen2 of the same hidden size and depth whose FFN width (1024)
 equals our two active experts (2 x 512): same per-token work, minus the router.
+The floor: a step's fewest FLOPs (`decode_step_flops`) at the FP32 GEMM rate measured in
+the same run; hf's step over it bounds the speedup any sampler could have over `generate`
+on this machine.
 CPU, FP32, 2 threads (`--threads`). `--quick`: batch 8, 32 new tokens, no vLLM (a smoke run).
 """
 
@@ -17,7 +20,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from model_common import interleaved_best, keep_large_allocations, twin_models
+from model_common import decode_step_flops, interleaved_best, keep_large_allocations, matmul_flops, twin_models
 
 import cispo.model as cm
 from cispo.types import SamplingParams
@@ -124,6 +127,10 @@ def main() -> None:
     step = {name: t[name] / new * 1e3 for name in t}  # ms per generated token
     print(f"per step: ours {step['ours']:.1f} ms (prefill and sampling included), hf {step['hf']:.1f} ms, "
           f"the step's GEMMs alone {step['floor']:.1f} ms (ours/floor = {step['ours'] / step['floor']:.2f})")
+    gemm = matmul_flops()
+    floor = decode_step_flops(ours.config, batch, 16 + new // 2) / gemm * 1e3  # at the run's mean context
+    print(f"floor: the fewest FLOPs of a step at the fp32 GEMM rate ({gemm / 1e9:.1f} GFLOP/s) take {floor:.1f} ms; "
+          f"no sampler can be more than hf/floor = {step['hf'] / floor:.1f}x faster than hf here")
     print(f"batch {batch}, {new} new tokens, tokens/s:")
     print(f"  ours (built-in sampler)     {ours_rate:8.0f}")
     print(f"  transformers generate       {hf_rate:8.0f}   ours/hf   = {ours_rate / hf_rate:.2f}x")
