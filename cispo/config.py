@@ -96,6 +96,10 @@ class LearnerConfig:
     # Samples per forward/backward on one rank; a step accumulates over the rank's whole shard.
     micro_batch_size: int = 64
     gradient_checkpointing: bool = False
+    # Synchronous driver, CPU ranks: step with every core of the node (split between the ranks on it)
+    # as torch threads, not just num_cpus_per_rank: the rollout and reward workers wait while the
+    # learner steps. Turn off on a node shared with other jobs. The async driver never borrows cores.
+    use_idle_cores: bool = True
     # Custom Ray resources each learner rank requires, e.g. {learner_node: 1}: pins the ranks to the
     # nodes started with `ray start --resources='{"learner_node": 8}'`. Empty: any node.
     resources: Dict[str, float] = field(default_factory=dict)

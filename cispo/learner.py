@@ -192,6 +192,18 @@ class Learner:
             raise FileNotFoundError(f"no DeepSpeed checkpoint {tag!r} under {directory}")
         return self.engine.global_steps
 
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+    def use_cores(self, ranks_on_node: int) -> int:
+        """Step with this node's cores, shared with the other ranks on it, as torch threads (Ray
+        gives an actor as many as its num_cpus). Only when nothing else runs while the learner
+        steps: see `LearnerGroup.use_idle_cores`. Returns the thread count now in use."""
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // ranks_on_node))
+        return torch.get_num_threads()
+
     def optimizer_steps(self) -> int:
         return self.engine.global_steps
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import socket
+from collections import Counter
 
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
@@ -103,6 +104,17 @@ class LearnerGroup:
 
     def load_checkpoint(self, directory: str, tag: str) -> int:
         return self._get([r.load_checkpoint.remote(directory, tag) for r in self.ranks])[0]
+
+    def use_idle_cores(self) -> list[int]:
+        """Let each rank step with all the cores of its node, split between the ranks there.
+
+        For the synchronous driver: it runs generation, scoring and learning one after the
+        other, so while the learner steps the rollout and reward workers' cores sit idle (on a
+        2-core machine the learner would otherwise use one core of two). Returns each rank's
+        thread count."""
+        nodes = self._get([r.node_id.remote() for r in self.ranks])
+        per_node = Counter(nodes)
+        return self._get([r.use_cores.remote(per_node[n]) for r, n in zip(self.ranks, nodes)])
 
     def optimizer_steps(self) -> int:
         return self._get(self.ranks[0].optimizer_steps.remote())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import pytest
@@ -83,3 +84,17 @@ def test_the_step_moves_log_probs_along_the_advantages(ray_session, policy_dir):
     # whole goes up the objective sum_i A_i logp_i, and favoured samples gain on disfavoured ones.
     assert float((batch.advantages * change).sum()) > 0
     assert change[batch.advantages > 0].mean() > change[batch.advantages < 0].mean()
+
+
+@pytest.mark.slow
+def test_idle_cores_are_split_between_the_ranks_of_a_node(ray_session, policy_dir):
+    """The synchronous driver lets the ranks step with every core of their node (here, this one)."""
+    cores = len(os.sched_getaffinity(0))
+    for world_size in (1, 2):
+        cfg = Config()
+        cfg.learner.world_size = world_size
+        group = LearnerGroup(cfg, policy_dir)
+        try:
+            assert group.use_idle_cores() == [max(1, cores // world_size)] * world_size
+        finally:
+            group.shutdown()
