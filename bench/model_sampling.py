@@ -33,13 +33,13 @@ def ours_generate(model: cm.LightningMoELM, prompts: list[list[int]], new: int) 
     assert all(len(c.token_ids) == new for group in out for c in group)
 
 
-def decode_gemm_floor(model: cm.LightningMoELM, batch: int) -> Callable[[], None]:
+def decode_gemms(model: cm.LightningMoELM, batch: int) -> Callable[[], None]:
     """The GEMMs of one decode step alone: every weight matrix it reads, at its row count
     (attention and head: `batch` rows; each expert: its even share batch * top_k / E).
 
     At batch 32 every expert of every layer is hit, so a step runs all the weights
-    (~112 MB here, vs ~30 MB for the dense twin): these GEMMs are a floor no FP32
-    sampler of this model goes below, whatever it does around them.
+    (~112 MB here, vs ~30 MB for the dense twin): on torch's GEMM kernels these are a
+    floor no FP32 sampler of this model goes below, whatever it does around them.
     """
     c = model.config
     share = max(1, batch * c.num_experts_per_tok // c.num_local_experts)
@@ -114,19 +114,19 @@ def main() -> None:
     prompts = torch.randint(3, 512, (batch, 16), generator=g).tolist()
     hf, ours = twin_models()
 
-    gemms = decode_gemm_floor(ours, batch)
+    gemms = decode_gemms(ours, batch)
     t = interleaved_best(
         {
             "ours": lambda: ours_generate(ours, prompts, new),
             "hf": lambda: hf_generate(hf, prompts, new),
-            "floor": lambda: [gemms() for _ in range(new)],  # timed like the others: one run of `new` steps
+            "gemms": lambda: [gemms() for _ in range(new)],  # timed like the others: one run of `new` steps
         },
         rounds=1,  # each full run takes a minute or more; one round keeps the bench under ~5 minutes
     )
     ours_rate, hf_rate = batch * new / t["ours"], batch * new / t["hf"]
     step = {name: t[name] / new * 1e3 for name in t}  # ms per generated token
     print(f"per step: ours {step['ours']:.1f} ms (prefill and sampling included), hf {step['hf']:.1f} ms, "
-          f"the step's GEMMs alone {step['floor']:.1f} ms (ours/floor = {step['ours'] / step['floor']:.2f})")
+          f"the step's GEMMs alone {step['gemms']:.1f} ms (ours/GEMMs = {step['ours'] / step['gemms']:.2f})")
     gemm = matmul_flops()
     floor = decode_step_flops(ours.config, batch, 16 + new // 2) / gemm * 1e3  # at the run's mean context
     print(f"floor: the fewest FLOPs of a step at the fp32 GEMM rate ({gemm / 1e9:.1f} GFLOP/s) take {floor:.1f} ms; "

@@ -28,7 +28,8 @@ def train(cfg: Config, learner_restarts: int = 0) -> dict[str, float]:
     samples_total, wall = 0, 0.0
     try:
         if cfg.learner.use_idle_cores and not cfg.learner.num_gpus_per_rank:
-            job.learner.use_idle_cores()  # nothing else runs while the learner steps
+            threads = job.learner.use_idle_cores()  # nothing else runs while the learner steps
+            tracker.log_static({"learner/threads": min(threads)})
         if not job.resumed and tc.sft_steps > 0:
             tracker.log_static(job.warm_up())
         for step in range(job.state.step, tc.steps):

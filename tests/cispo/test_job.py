@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -27,7 +28,10 @@ def test_short_job_leaves_wandb_files_and_a_loadable_checkpoint(ray_session, job
     # An impossible mismatch threshold: the alarm must fire (a correlation is at most 1).
     cfg = job_config(trainer__steps=3, trainer__save_every=2, algo__mismatch_alarm=1.5)
     result = train(cfg)
-    assert "WARNING: train/inference mismatch: sampler/learner token-probability correlation" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "WARNING: train/inference mismatch: sampler/learner token-probability correlation" in printed
+    # The synchronous driver's learner steps with every core of this node (one rank on it).
+    assert f"learner/threads={len(os.sched_getaffinity(0)):.4f}" in printed
     out = Path(cfg.trainer.output_dir)
 
     assert result["steps"] == 3
