@@ -3,7 +3,8 @@
 The job is the default one (`make train`'s config; `--policy dense` swaps in the dense
 policy on vLLM). Scoring is slowed down (`bench/slow_reward.py`: a per-sample delay,
 two reward workers), the situation async rollouts are for. The same job runs with
-trainer.max_staleness 0 (the synchronous driver), 1 and 2; each prints samples/s
+trainer.max_staleness 0 (the synchronous driver, whose learner steps with the node's idle
+cores: learner.use_idle_cores), 1 and 2; each prints samples/s
 (steps' wall time, start-up excluded), its generate/score/learner seconds per step,
 and reward against wall-clock. For the async runs a profile follows: the fraction of
 the steps' wall clock that generation, scoring and learning were busy

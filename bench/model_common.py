@@ -83,18 +83,23 @@ def matmul_flops(n: int = 2048) -> float:
     return 2 * n**3 / best_time(lambda: a @ b, 5)
 
 
+def moe_token_flops(c: cm.ModelConfig) -> int:
+    """Matmul FLOPs of one MoE layer per token: the router and the k routed SwiGLU experts."""
+    return 2 * c.hidden_size * c.num_local_experts + c.num_experts_per_tok * 2 * 3 * c.hidden_size * c.intermediate_size
+
+
 def _token_matmul_flops(c: cm.ModelConfig) -> int:
     """Matmul FLOPs per token outside the softmax layers' attention: every projection, the
     router, the k routed experts and the LM head, plus lightning attention in its recurrent
     form (decay, k^T v into the (d, d) state, q times the state: 4 H d^2, the fewest of its forms)."""
-    D, H, KVH, d, I = c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.intermediate_size
+    D, H, KVH, d = c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim
     flops = 2 * D * c.vocab_size
     for kind in c.layer_types:
         if kind == "linear_attention":
             flops += 2 * D * 3 * H * d + 2 * D * H * d + 2 * H * d * D + 4 * H * d * d
         else:
             flops += 2 * D * (H + 2 * KVH) * d + 2 * H * d * D
-        flops += 2 * D * c.num_local_experts + c.num_experts_per_tok * 2 * 3 * D * I
+        flops += moe_token_flops(c)
     return flops
 
 

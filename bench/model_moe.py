@@ -3,10 +3,10 @@
 transformers 5.19 runs its experts through an "experts implementation": `grouped_mm`
 (its default when a model is loaded) or `eager` (a Python loop over the experts hit,
 with one-hot masks). Both are timed, against a floor no implementation beats on this
-machine: the layer's FLOPs (router and k routed experts per token) at the FP32 GEMM rate
-measured in the same run; grouped_mm/floor bounds the speedup any implementation could
-have over transformers. Token counts cover decoding (32), prefill and
-training (512 to 16K). CPU, FP32, 2 threads (`--threads`). `--quick`: fewer, smaller points.
+machine: the layer's FLOPs (`moe_token_flops`: router and k routed experts per token) at
+the FP32 GEMM rate measured in the same run; grouped_mm/floor bounds the speedup any
+implementation could have over transformers. Token counts cover decoding (32), prefill
+and training (512 to 16K). CPU, FP32, 2 threads (`--threads`). `--quick`: fewer, smaller points.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from model_common import hf_config, interleaved_best, keep_large_allocations, matmul_flops
+from model_common import hf_config, interleaved_best, keep_large_allocations, matmul_flops, moe_token_flops
 from transformers.models.minimax.modeling_minimax import MiniMaxSparseMoeBlock
 
 import cispo.model as cm
@@ -30,7 +30,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     config = hf_config()
     torch.manual_seed(0)
-    ours = SparseMoeBlock(cm.ModelConfig.from_dict(config.to_dict())).eval()
+    ours_config = cm.ModelConfig.from_dict(config.to_dict())
+    ours = SparseMoeBlock(ours_config).eval()
     for p in ours.parameters():
         torch.nn.init.normal_(p, std=0.02)
     refs = {}
@@ -41,9 +42,9 @@ def main() -> None:
         refs[impl].load_state_dict(ours.state_dict())
 
     counts = [32, 512, 2048] if args.quick else [32, 512, 4096, 16384]
-    E, k, D, I = config.num_local_experts, config.num_experts_per_tok, config.hidden_size, config.intermediate_size
     gemm = matmul_flops()
-    print(f"E={E} top-{k}, hidden {D}, expert width {I}; fp32 GEMM {gemm / 1e9:.1f} GFLOP/s")
+    print(f"E={config.num_local_experts} top-{config.num_experts_per_tok}, hidden {config.hidden_size}, "
+          f"expert width {config.intermediate_size}; fp32 GEMM {gemm / 1e9:.1f} GFLOP/s")
     print(f"{'tokens':>7} {'ours ms':>9} {'hf grouped_mm':>14} {'ratio':>6} {'hf eager':>9} {'ratio':>6} "
           f"{'floor ms':>9} {'grouped_mm/floor':>17}")
     for T in counts:
@@ -54,7 +55,7 @@ def main() -> None:
                 {"ours": lambda: ours(x[0]), "grouped_mm": lambda: refs["grouped_mm"](x), "eager": lambda: refs["eager"](x)},
                 rounds=30 if T <= 512 else 5,
             )
-        floor = T * (2 * D * E + k * 2 * 3 * D * I) / gemm
+        floor = T * moe_token_flops(ours_config) / gemm
         print(f"{T:>7} {t['ours'] * 1e3:>9.2f} {t['grouped_mm'] * 1e3:>14.2f} {t['grouped_mm'] / t['ours']:>5.2f}x "
               f"{t['eager'] * 1e3:>9.2f} {t['eager'] / t['ours']:>5.2f}x {floor * 1e3:>9.2f} "
               f"{t['grouped_mm'] / floor:>16.2f}x")

@@ -128,7 +128,7 @@ def main() -> None:
     print(f"per step: ours {step['ours']:.1f} ms (prefill and sampling included), hf {step['hf']:.1f} ms, "
           f"the step's GEMMs alone {step['gemms']:.1f} ms (ours/GEMMs = {step['ours'] / step['gemms']:.2f})")
     gemm = matmul_flops()
-    floor = decode_step_flops(ours.config, batch, 16 + new // 2) / gemm * 1e3  # at the run's mean context
+    floor = decode_step_flops(ours.config, batch, len(prompts[0]) + new // 2) / gemm * 1e3  # the run's mean context
     print(f"floor: the fewest FLOPs of a step at the fp32 GEMM rate ({gemm / 1e9:.1f} GFLOP/s) take {floor:.1f} ms; "
           f"no sampler can be more than hf/floor = {step['hf'] / floor:.1f}x faster than hf here")
     print(f"batch {batch}, {new} new tokens, tokens/s:")
