@@ -31,7 +31,7 @@ from omegaconf import OmegaConf
 
 import cispo.cli  # noqa: F401  (registers the config schema)
 from cispo.config import Config, validate
-from cispo.timeline import busy_seconds, read_spans
+from cispo.rollout.timeline import busy_seconds, read_spans
 
 SLOW_REWARD = f"{Path(__file__).resolve().parent / 'slow_reward.py'}:delayed_addition_reward"
 

@@ -26,7 +26,7 @@ from cispo.envs.grading import GradeResult, grade
 from cispo.envs.image import build_base_image
 from cispo.envs.pool import SandboxPool
 from cispo.envs.swe_synthetic import generate
-from cispo.envs.tasks import load_tasks
+from cispo.envs.swe_instances import load_instances
 
 
 @dataclass
@@ -90,7 +90,7 @@ def main() -> None:
 
     build_base_image(if_missing=True)
     with tempfile.TemporaryDirectory() as tmp:
-        tasks = load_tasks(generate(tmp))
+        tasks = load_instances(generate(tmp))
         warm, cold = sequential(tasks, episodes)
         wall, conc_res = concurrent(tasks, requests, slots=2)
 

@@ -2,7 +2,7 @@
 
     output_dir/checkpoints/step_000020/
         hf/                  HF model + tokenizer: loads in transformers and vLLM
-        trainer_state.json   step, policy version, next prompt index, length curriculum
+        trainer_state.json   step, policy version, data position, length curriculum
     output_dir/checkpoints/deepspeed/step_000020/   DeepSpeed weights + optimizer, per rank
 """
 
@@ -17,7 +17,8 @@ from pathlib import Path
 class TrainState:
     step: int = 0  # RL steps done
     version: int = 0  # policy version the engines sample with (= RL steps done)
-    next_prompt: int = 0  # index of the next training prompt of the task's stream
+    next_prompt: int = 0  # every training prompt of the task's stream below this index is consumed
+    consumed_above: list[int] = field(default_factory=list)  # and these above it (consumption is out of order)
     curriculum: dict = field(default_factory=dict)  # the length curriculum's stage and metric history
 
 

@@ -8,14 +8,20 @@ schema), so an unknown key or a wrong type fails at once and names the key.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 
 @dataclass
-class ModelConfig:
-    # Architecture of the policy the job creates: "qwen2" (dense) or "minimax" (hybrid lightning MoE).
+class PolicyConfig:
+    """The `model` section: which policy the job trains. The hybrid architecture's own config,
+    read from and written to its config.json, is `cispo.model.ModelConfig`."""
+
+    # Architecture of the random-init policy the job creates when model.path is null: "qwen2" (dense)
+    # or "minimax" (hybrid lightning MoE). With model.path the checkpoint's config.json decides.
     arch: str = "qwen2"
-    # Start from this HF checkpoint directory instead of a random init (its tokenizer must sit beside it).
+    # Start from this HF checkpoint directory instead of a random init (its tokenizer must sit beside
+    # it): any causal LM that transformers and vLLM both load (Llama, Qwen2/3, Mistral, Gemma, ...), or
+    # our hybrid model (rollout=builtin). The sizes below are then ignored.
     path: Optional[str] = None
     hidden_size: int = 128
     num_layers: int = 2
@@ -29,7 +35,7 @@ class ModelConfig:
     experts_per_token: int = 2
     softmax_every: int = 8
     # Compute the LM head in FP32 in trainer and sampler (MiniMax-M1: prob correlation 0.987 -> 0.997).
-    fp32_lm_head: bool = True
+    lm_head_fp32: bool = True
     # Random-init seed of the policy.
     init_seed: int = 0
 
@@ -106,12 +112,12 @@ class LearnerConfig:
 
 @dataclass
 class AlgoConfig:
-    # Policy loss, by registry name (cispo.losses): cispo, cispo_masked, ppo, grpo, dapo, gspo, reinforce.
+    # Policy loss, by registry name (cispo.algo.losses): cispo, cispo_masked, ppo, grpo, dapo, gspo, reinforce.
     loss: str = "cispo"
-    # CISPO IS-weight clip: r_hat = clamp(r, 1 - eps_low_is, 1 + eps_high_is). M1 leaves eps_high_is
-    # unpublished; eps_low_is=1 (no lower bound) and eps_high_is=4 follow the ScaleRL clip(r, 0, 5).
-    eps_low_is: float = 1.0
-    eps_high_is: float = 4.0
+    # CISPO IS-weight clip: r_hat = clamp(r, 1 - eps_low_is, 1 + eps_high_is); null = the loss's default
+    # (cispo.algo.losses.LossParams: 1 and 4, the ScaleRL clip(r, 0, 5), since M1 leaves eps_high_is unpublished).
+    eps_low_is: Optional[float] = None
+    eps_high_is: Optional[float] = None
     # PPO-style ratio clip for ppo/grpo/dapo/gspo/cispo_masked; null = the loss's published default
     # (PPO 0.2/0.2, DAPO's clip-higher 0.2/0.28, GSPO 3e-4/4e-4).
     clip_low: Optional[float] = None
@@ -121,7 +127,7 @@ class AlgoConfig:
     loss_agg: Optional[str] = None
     # Responses per prompt (G); advantages are normalised within each group.
     group_size: int = 8
-    # Advantage estimator, by registry name (cispo.advantages): grpo, drgrpo, rloo.
+    # Advantage estimator, by registry name (cispo.algo.advantages): grpo, drgrpo, rloo.
     advantage: str = "grpo"
     # DAPO dynamic sampling: drop groups whose rewards are all equal (no signal) and sample more.
     dynamic_sampling: bool = False
@@ -152,7 +158,8 @@ class AlgoConfig:
 
 @dataclass
 class TaskConfig:
-    # Built-in task: "addition" (procedurally generated multi-digit sums).
+    # A registered task (addition, swe_synthetic; cispo.envs.task) or your own as
+    # "package.module:Class" / "/path/to/file.py:Class", built as Class(task config).
     name: str = "addition"
     # Addition: operands have between min_digits and max_digits digits.
     min_digits: int = 1
@@ -163,6 +170,24 @@ class TaskConfig:
     eval_size: int = 64
     # SWE tasks: where swe_synthetic writes (and reuses) its generated task set; relative to the cwd.
     data_dir: str = "outputs/swe_synthetic_tasks"
+    # Dataset tasks (task=dataset, task=math): a JSONL / JSON / Parquet / CSV file, or a directory
+    # written by datasets' save_to_disk; read with the `datasets` library (memory-mapped Arrow).
+    path: Optional[str] = None
+    # Column of the prompt: a string, or OpenAI-style chat messages [{"role": ..., "content": ...}].
+    prompt_key: str = "prompt"
+    # Column of the ground truth (may be absent from the data). Every column reaches the reward in metadata.
+    answer_key: str = "answer"
+    # Held-out rows: a file of their own, or else eval_size rows of `path` held out by `seed`.
+    eval_path: Optional[str] = None
+    # A system message put before every plain-string prompt when a chat template renders it; null = none.
+    system_prompt: Optional[str] = None
+    # auto: the tokenizer's own chat template when it has one; none: plain text; or a .jinja file's path.
+    chat_template: str = "auto"
+    # A prompt longer than model.max_position_embeddings - rollout.max_new_tokens tokens: drop the row
+    # (counted in data/dropped_rows, one example logged) or error (naming file and row).
+    overlong_prompt: str = "drop"
+    # Your own task's settings (open: any keys), read by it as cfg.args["key"].
+    args: Dict[str, Any] = field(default_factory=dict)
 
 @dataclass
 class RewardConfig:
@@ -231,7 +256,7 @@ class RayConfig:
 
 @dataclass
 class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: PolicyConfig = field(default_factory=PolicyConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
@@ -260,6 +285,8 @@ def resume_mode(value: bool | str) -> str:
 
 def validate(cfg: Config) -> Config:
     """Check the rules that span fields; raise ConfigError naming the key and the rule."""
+    from cispo.envs.task import task_names
+
     m, r, l, a, t, rw, tr = cfg.model, cfg.rollout, cfg.learner, cfg.algo, cfg.task, cfg.reward, cfg.trainer
     _check(m.arch in ("qwen2", "minimax"), "model.arch", f"must be qwen2 or minimax, got {m.arch!r}")
     _check(m.hidden_size % m.num_heads == 0, "model.hidden_size",
@@ -269,10 +296,18 @@ def validate(cfg: Config) -> Config:
     _check(m.num_heads % m.num_kv_heads == 0, "model.num_kv_heads",
            f"model.num_heads={m.num_heads} is not divisible by {m.num_kv_heads}")
     _check(r.engine in ("vllm", "builtin"), "rollout.engine", f"must be vllm or builtin, got {r.engine!r}")
-    _check(not (m.arch == "minimax" and r.engine == "vllm"), "rollout.engine",
-           "vLLM has no MiniMax model class; use rollout.engine=builtin with model.arch=minimax")
-    _check(not (m.arch == "qwen2" and r.engine == "builtin"), "rollout.engine",
-           "the built-in sampler runs the hybrid model only; use rollout=vllm with model.arch=qwen2")
+    if m.path:  # the checkpoint's config.json decides the architecture
+        from cispo.policy import PolicyError, check_servable
+
+        try:
+            check_servable(m.path, r.engine)
+        except PolicyError as e:
+            raise ConfigError(str(e)) from e
+    else:
+        _check(not (m.arch == "minimax" and r.engine == "vllm"), "rollout.engine",
+               "vLLM has no MiniMax model class; use rollout.engine=builtin with model.arch=minimax")
+        _check(not (m.arch == "qwen2" and r.engine == "builtin"), "rollout.engine",
+               "the built-in sampler runs the hybrid model only; use rollout=vllm with model.arch=qwen2")
     _check(r.num_workers >= 1, "rollout.num_workers", "must be >= 1")
     _check(r.prompts_per_step >= 1, "rollout.prompts_per_step", "must be >= 1")
     _check(r.temperature > 0, "rollout.temperature", "must be > 0 (log-probs are of the tempered policy)")
@@ -286,7 +321,13 @@ def validate(cfg: Config) -> Config:
            f"rollout batch {r.prompts_per_step} x algo.group_size {a.group_size} = {samples} samples "
            f"is not divisible by learner.world_size {l.world_size}")
     _check(a.group_size >= 2, "algo.group_size", "must be >= 2 (advantages are relative within a group)")
-    _check(a.eps_low_is >= 0 and a.eps_high_is >= 0, "algo.eps_low_is", "IS clip bounds must be >= 0")
+    from cispo.algo.losses import resolve_loss
+
+    try:
+        resolve_loss(a, r.max_new_tokens)
+    except ValueError as e:  # name the key the message is about
+        key = next((k for k in ("eps_low_is", "eps_high_is", "clip_low", "clip_high", "loss_agg") if k in str(e)), "loss")
+        raise ConfigError(f"algo.{key}: {e}") from e
     _check(a.old_logp in ("rollout", "recompute"), "algo.old_logp", f"must be rollout or recompute, got {a.old_logp!r}")
     _check(a.overlong_buffer >= 0, "algo.overlong_buffer", "must be >= 0")
     caps = list(a.curriculum_caps)
@@ -298,6 +339,9 @@ def validate(cfg: Config) -> Config:
            f"the last cap {caps[-1] if caps else 0} must be < model.max_position_embeddings={m.max_position_embeddings}")
     _check(t.min_digits >= 1 and t.max_digits >= t.min_digits, "task.max_digits",
            f"need 1 <= task.min_digits <= task.max_digits, got {t.min_digits}, {t.max_digits}")
+    _check(t.name in task_names() or ":" in t.name, "task.name",
+           f"{t.name!r} is unknown; built-in: {', '.join(task_names())}, or 'package.module:Class' / "
+           "'/path/to/file.py:Class' for your own")
     _check(":" in rw.fn, "reward.fn", f"expected 'package.module:fn' or '/path/file.py:fn', got {rw.fn!r}")
     _check(rw.timeout_s > 0, "reward.timeout_s", "must be > 0")
     _check(0 <= rw.max_error_fraction <= 1, "reward.max_error_fraction", "must be in [0, 1]")

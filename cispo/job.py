@@ -1,11 +1,13 @@
-"""Everything a training job holds: Ray, the task, the policy files, and its actors.
+"""Everything a training job holds: Ray, the task, the policy files, its actors and its rollout source.
 
 Both drivers (synchronous `train.py`, asynchronous `train_async.py`) build a `Job`,
-so start-up, resume, evaluation and checkpointing are written once.
+so start-up, resume, the warm-up, the update, evaluation and checkpointing are
+written once; they differ only in when they ask the rollout source for groups.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import shutil
@@ -16,17 +18,24 @@ from pathlib import Path
 
 import ray
 
-from cispo.batch import sft_batch
+from cispo.algo.controls import has_signal
+from cispo.algo.diagnostics import pass_at_k
+from cispo.algo.groups import prepare_groups
+from cispo.algo.losses import resolve_loss
 from cispo.checkpoint import TrainState, checkpoint_dir, deepspeed_dir, latest_checkpoint, tag, write_state
 from cispo.config import Config, resume_mode
-from cispo.diagnostics import pass_at_k
-from cispo.learner_group import LearnerGroup
+from cispo.envs.chat import OverlongPrompts, PromptEncoder, encode_row, eval_rows_that_fit, where
+from cispo.envs.task import TaskRow, make_task
+from cispo.learner.batch import sft_batch
+from cispo.learner.group import LearnerGroup
+from cispo.learner.update import learner_update
 from cispo.policy import create_policy
 from cispo.reward.pool import RewardPool
-from cispo.rollout.group import EngineSpec, RolloutGroup
-from cispo.tasks import make_task
+from cispo.rollout.buffer import RolloutBuffer
+from cispo.rollout.engines import EngineGroup, EngineSpec
+from cispo.rollout.source import Prompt, RolloutSource
 from cispo.tracking import Tracker, format_summary
-from cispo.types import SamplingParams
+from cispo.types import Group, SamplingParams
 
 
 def connect_ray(cfg: Config) -> None:
@@ -72,8 +81,17 @@ class Job:
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(policy_dir))
+        t = cfg.task
+        self.encoder = PromptEncoder(self.tokenizer, chat_template=t.chat_template, system_prompt=t.system_prompt)
+        # A prompt must leave room for the longest response the job samples.
+        room = cfg.model.max_position_embeddings - max(cfg.algo.curriculum_caps or [cfg.rollout.max_new_tokens])
+        self.overlong = OverlongPrompts(t.overlong_prompt, room)
+        self.eval_rows, self.eval_prompt_ids = eval_rows_that_fit(
+            self.task, self.encoder, OverlongPrompts(t.overlong_prompt, room, "data/dropped_eval_rows"))
+        # Dr.GRPO's constant is the largest response cap the job samples with: one constant for the run.
+        self.loss = resolve_loss(cfg.algo, max(cfg.algo.curriculum_caps or [cfg.rollout.max_new_tokens]))
         with ExitStack() as started:  # a part that fails to start stops the actors started before it
-            self.learner = LearnerGroup(cfg, str(policy_dir))
+            self.learner = LearnerGroup(cfg, str(policy_dir), self.loss)
             started.callback(self.learner.shutdown)
             if resumed is not None:
                 self.learner.load_checkpoint(str(deepspeed_dir(self.out)), tag(self.state.step))
@@ -81,7 +99,7 @@ class Job:
             kwargs = ({"dtype": r.dtype, "max_model_len": cfg.model.max_position_embeddings,
                        "kv_cache_gib": r.kv_cache_gib}
                       if r.engine == "vllm" else {"num_threads": max(1, int(r.num_cpus_per_worker))})
-            self.rollout = RolloutGroup(
+            self.rollout = EngineGroup(
                 EngineSpec(r.engine, str(policy_dir), r.num_cpus_per_worker, r.num_gpus_per_worker, kwargs,
                            cfg.trainer.seed, dict(r.resources)),
                 r.num_workers, r.generate_timeout_s, r.weight_push_timeout_s, max_restarts=r.max_restarts)
@@ -89,11 +107,60 @@ class Job:
             rw = cfg.reward
             self.rewards = RewardPool(rw.fn, rw.timeout_s, rw.max_error_fraction, rw.num_workers, rw.batched)
             started.callback(self.rewards.shutdown)
+            self.source = self._rollout_source()
+            started.callback(self.source.stop, self.out)
             self.resumed = resumed is not None
             if self.resumed:  # the engines loaded the checkpoint's weights but count versions from 0
                 self.push_weights(self.state.version)
             self.tracker = Tracker(cfg, cfg.trainer.steps, self.state.step)
             started.pop_all()
+
+    def _rollout_source(self) -> RolloutSource:
+        """Where both drivers take their groups from, at the job's data position."""
+        cfg, a = self.cfg, self.cfg.algo
+        buffer = RolloutBuffer(cfg.rollout.prompts_per_step, cfg.trainer.max_staleness,
+                               watermark=self.state.next_prompt, consumed_above=set(self.state.consumed_above))
+        return RolloutSource(
+            self.rollout, buffer, self.training_prompt,
+            lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True), self.rewards.score,
+            self.sampling_params(), generate_timeout_s=cfg.rollout.generate_timeout_s,
+            scoring_calls_in_flight=cfg.rollout.scoring_calls_in_flight,
+            segment_tokens=cfg.rollout.partial_segment_tokens if cfg.rollout.partial_rollouts else 0,
+            keep=(lambda group: has_signal(group.rewards)) if a.dynamic_sampling else None,
+            max_dropped=max(1, a.dynamic_sampling_max_rounds) * cfg.rollout.prompts_per_step)
+
+    def sampling_params(self, n: int | None = None, temperature: float | None = None) -> SamplingParams:
+        """The training sampling parameters at the current response cap (the curriculum raises it)."""
+        r = self.cfg.rollout
+        return SamplingParams(n=self.cfg.algo.group_size if n is None else n,
+                              temperature=r.temperature if temperature is None else temperature,
+                              top_p=r.top_p, top_k=r.top_k, max_tokens=r.max_new_tokens,
+                              stop_token_ids=(self.tokenizer.eos_token_id,),
+                              repetition_window=r.repetition_window, repetition_prob=r.repetition_prob)
+
+    def training_prompt(self, index: int) -> Prompt | None:
+        """Training row `index` as the engines and the reward see it; None when its prompt does not fit
+        (task.overlong_prompt=drop: counted, the first one logged)."""
+        row = self.task.row(index)
+        ids = encode_row(self.task, self.encoder, row, index, "training")
+        if not self.overlong.fits(len(ids), where(self.task, index, "training"), row.prompt):
+            return None
+        return self.prompt(row, ids)
+
+    def prompt(self, row: TaskRow, ids: list[int]) -> Prompt:
+        """The reward sees the prompt as text: the string itself, or chat messages as the template rendered them."""
+        return Prompt(ids, row.prompt if isinstance(row.prompt, str) else self.encoder.text(row.prompt), row.metadata)
+
+    def learn(self, groups: list[Group]) -> dict[str, float]:
+        """Advantages (and DAPO's shaping), then one learner update; what the shaping did and the
+        learner's metrics."""
+        start = time.perf_counter()
+        metrics = prepare_groups(groups, self.cfg.algo, self.cfg.rollout.max_new_tokens)
+        samples = [s for g in groups for s in g.samples]
+        metrics.update(learner_update(self.learner, samples, self.cfg.algo.old_logp, self.tokenizer.pad_token_id))
+        end = time.perf_counter()
+        self.source.timeline.record("learn", start, end)
+        return {**metrics, "perf/learner_s": end - start}
 
     def fault_metrics(self) -> dict[str, float]:
         """Actors this job replaced after they died (or hung), so far: none of it is silent."""
@@ -110,45 +177,57 @@ class Job:
             elif path.exists():
                 path.unlink()
 
-    def next_rows(self, n: int):
-        rows = [self.task.row(i) for i in range(self.state.next_prompt, self.state.next_prompt + n)]
-        self.state.next_prompt += n
-        return rows
-
     def push_weights(self, version: int) -> float:
-        seconds = self.rollout.push_weights(self.learner.weights_ref(), version)
+        """The learner's weights into every engine, as policy version `version`; seconds taken."""
+        start = time.perf_counter()
+        self.rollout.push_weights(self.learner.weights_ref(), version)
         self.state.version = version
-        return seconds
+        end = time.perf_counter()
+        self.source.timeline.record("push", start, end)
+        return end - start
 
-    def warm_up(self) -> dict[str, float]:
-        """Supervised warm-up on the task's reference answers, then the engines get the weights."""
+    def warm_up(self) -> None:
+        """Supervised warm-up on the task's reference answers, then the engines get the weights.
+        A resumed job was warmed up before; trainer.sft_steps=0 turns it off."""
         tc = self.cfg.trainer
-        losses = []
-        for step in range(tc.sft_steps):
-            pairs = [self.task.reference_pair(step * tc.sft_batch_size + i) for i in range(tc.sft_batch_size)]
-            prompts = [self.tokenizer(p).input_ids for p, _ in pairs]
-            answers = [self.tokenizer(a, add_special_tokens=False).input_ids + [self.tokenizer.eos_token_id]
-                       for _, a in pairs]
-            losses.append(self.learner.sft_step(sft_batch(prompts, answers, self.tokenizer.pad_token_id),
+        if self.resumed or tc.sft_steps == 0:
+            return
+        losses, pairs = [], self._reference_pairs()
+        for _ in range(tc.sft_steps):
+            prompts, answers = zip(*(next(pairs) for _ in range(tc.sft_batch_size)))
+            losses.append(self.learner.sft_step(sft_batch(list(prompts), list(answers), self.tokenizer.pad_token_id),
                                                 tc.sft_lr)["sft_loss"])
         self.push_weights(0)
-        return {"sft/loss_first": losses[0], "sft/loss_last": losses[-1]} if losses else {}
+        self.tracker.log_static({"sft/loss_first": losses[0], "sft/loss_last": losses[-1]})
+
+    def _reference_pairs(self):
+        """(prompt ids, answer ids) of the task's reference pairs in order, skipping those longer than
+        the model's context."""
+        limit, too_long = self.cfg.model.max_position_embeddings, 0
+        for index in itertools.count():
+            prompt, answer = self.task.reference_pair(index)
+            ids, answer_ids = self.encoder.encode(prompt), self.encoder.encode_answer(answer)
+            if len(ids) + len(answer_ids) <= limit:
+                too_long = 0
+                yield ids, answer_ids
+            else:
+                too_long += 1
+                if too_long == 10_000:
+                    raise ValueError(f"10000 reference pairs in a row are longer than model.max_position_embeddings="
+                                     f"{limit}: the warm-up has nothing to train on")
 
     def evaluate(self) -> dict[str, float]:
         """The task's held-out prompts: greedy accuracy and, with trainer.eval_samples = n > 0,
         pass@k of n samples per prompt at the training temperature (unbiased estimator, Chen et
         al. 2021) for k = 1, 2, 4, ..., n. A response passes as in training: the reward's
         `pass` detail, else a score of 1. Failed scorings count in eval/errors, never as passes."""
-        r, n = self.cfg.rollout, self.cfg.trainer.eval_samples
-        rows = self.task.eval_rows()
-        greedy = self._eval_results(rows, SamplingParams(n=1, temperature=0.0, max_tokens=r.max_new_tokens,
-                                                         stop_token_ids=(self.tokenizer.eos_token_id,)))
+        n = self.cfg.trainer.eval_samples
+        rows = self.eval_rows
+        greedy = self._eval_results(rows, self.sampling_params(n=1, temperature=0.0))
         scores = [res.score for per_row in greedy for res in per_row if res.error is None]
         out = {"eval/greedy_reward": sum(scores) / max(len(scores), 1), "eval/errors": len(rows) - len(scores)}
         if n:
-            sampled = self._eval_results(rows, SamplingParams(
-                n=n, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, max_tokens=r.max_new_tokens,
-                stop_token_ids=(self.tokenizer.eos_token_id,)))
+            sampled = self._eval_results(rows, self.sampling_params(n=n))
             correct = [sum(res.error is None and bool(res.details.get("pass", res.score == 1.0)) for res in per_row)
                        for per_row in sampled]
             for k in sorted({2**i for i in range(n.bit_length()) if 2**i <= n} | {n}):
@@ -158,15 +237,19 @@ class Job:
 
     def _eval_results(self, rows, params: SamplingParams) -> list[list]:
         """Generate `params.n` responses per row and score them: per row, its `RewardResult`s."""
-        completions = self.rollout.generate([self.tokenizer(row.prompt).input_ids for row in rows], params)
-        items = [(row.prompt, self.tokenizer.decode(c.token_ids, skip_special_tokens=True), row.metadata)
-                 for row, cs in zip(rows, completions) for c in cs]
+        prompts = [self.prompt(row, ids) for row, ids in zip(rows, self.eval_prompt_ids)]
+        completions = self.rollout.generate([p.ids for p in prompts], params)
+        items = [(p.text, self.tokenizer.decode(c.token_ids, skip_special_tokens=True), p.metadata)
+                 for p, cs in zip(prompts, completions) for c in cs]
         results = self.rewards.score_items(items)
         return [results[i * params.n:(i + 1) * params.n] for i in range(len(rows))]
 
     def save(self) -> Path:
-        """HF model + tokenizer, DeepSpeed state and the trainer state of the current step."""
+        """HF model + tokenizer, DeepSpeed state and the trainer state of the current step, with the
+        data position: every prompt below `next_prompt` consumed, plus those above it."""
         t0 = time.perf_counter()
+        self.state.next_prompt = self.source.buffer.watermark
+        self.state.consumed_above = sorted(self.source.buffer.consumed_above)
         directory = checkpoint_dir(self.out, self.state.step)
         directory.mkdir(parents=True, exist_ok=True)
         self.learner.save_hf(str(directory / "hf"))
@@ -194,6 +277,7 @@ class Job:
                 "checkpoint": str(checkpoint / "hf"), "wandb": self.tracker.location}
 
     def shutdown(self) -> None:
+        self.source.stop(self.out)
         self.tracker.finish()
         self.learner.shutdown()
         self.rollout.shutdown()

@@ -15,7 +15,7 @@ import dataclasses
 import sys
 
 from cispo.config import Config
-from cispo.learner_group import LearnerDiedError
+from cispo.learner.group import LearnerDiedError
 
 
 def run_job(cfg: Config) -> dict:

@@ -8,21 +8,16 @@ character-level tokenizer, saved in HF format so that transformers and vLLM load
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
+
+from cispo.envs.task import TaskRow, register_task
 
 SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>"]
 CHARACTERS = list("0123456789+=")
 # Seeds of the training and held-out streams differ by this much, so they never overlap.
 EVAL_SEED_OFFSET = 1_000_003  # the warm-up stream uses twice this
-
-
-@dataclass(frozen=True)
-class TaskRow:
-    prompt: str
-    metadata: dict  # what the reward function needs: here {"answer": "46"}
 
 
 class AdditionTask:
@@ -69,3 +64,8 @@ class AdditionTask:
         return PreTrainedTokenizerFast(
             tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<pad>"
         )
+
+
+@register_task("addition")
+def addition_task(cfg) -> AdditionTask:
+    return AdditionTask(cfg.min_digits, cfg.max_digits, cfg.seed, cfg.eval_size)

@@ -28,11 +28,11 @@ from cispo.envs.agent_tools import (
     parse_tool_call,
     run_tool,
 )
-from cispo.envs.engine import InfraError
+from cispo.envs.docker_daemon import InfraError
 from cispo.envs.grading import GradeResult, grade
 from cispo.envs.pool import SandboxPool
 from cispo.envs.repo import RepoError, snapshot
-from cispo.envs.tasks import SWETask
+from cispo.envs.swe_instances import SWEInstance
 from cispo.types import Completion, FinishReason, Sample, SamplingParams
 
 # The diff the agent leaves is graded as a patch; one larger than this is not a fix.
@@ -92,7 +92,7 @@ class AgentResult:
         )
 
 
-def render_prompt(task: SWETask, config: AgentConfig) -> str:
+def render_prompt(task: SWEInstance, config: AgentConfig) -> str:
     return (
         f"<|system|>\n{config.system}\n\n{TOOL_DOCS}\n<|user|>\n{task.problem_statement.strip()}\n\n"
         "Change the repository so the issue is fixed, then call submit." + config.turn_prefix
@@ -100,7 +100,7 @@ def render_prompt(task: SWETask, config: AgentConfig) -> str:
 
 
 def run_episode(
-    task: SWETask,
+    task: SWEInstance,
     policy: Policy,
     tokenizer,
     pool: SandboxPool,

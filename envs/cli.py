@@ -9,13 +9,13 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from cispo.envs.engine import InfraError
+from cispo.envs.docker_daemon import InfraError
 from cispo.envs.grading import GradeResult, grade
 from cispo.envs.image import DEFAULT_IMAGE, build_base_image
 from cispo.envs.pool import SandboxPool
 from cispo.envs.sandbox import SandboxConfig
 from cispo.envs.swe_synthetic import generate
-from cispo.envs.tasks import TaskError, load_predictions, load_tasks
+from cispo.envs.swe_instances import TaskError, load_predictions, load_instances
 
 
 def _build_image(args: argparse.Namespace) -> int:
@@ -26,7 +26,7 @@ def _build_image(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
-    tasks = {t.instance_id: t for t in load_tasks(args.tasks)}
+    tasks = {t.instance_id: t for t in load_instances(args.tasks)}
     preds = load_predictions(args.predictions)
     unknown = sorted(set(preds) - set(tasks))
     if unknown:

@@ -17,7 +17,7 @@ import re
 import time
 from typing import Any
 
-from cispo.envs.engine import InfraError
+from cispo.envs.docker_daemon import InfraError
 from cispo.envs.grading import CONTROLLER_GRACE, PYTEST_ARGS, VERDICT_CAP
 from cispo.envs.pool import SandboxPool, shared_pool
 from cispo.envs.sandbox import tar_files

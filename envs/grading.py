@@ -21,12 +21,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from cispo.envs.engine import InfraError
+from cispo.envs.docker_daemon import InfraError
 from cispo.envs.patching import PREPARE, UnsafePatch, patch_files, paths_to_restore
 from cispo.envs.pool import SandboxPool
 from cispo.envs.repo import RepoError, snapshot
 from cispo.envs.sandbox import ExecResult, tar_files
-from cispo.envs.tasks import SWETask
+from cispo.envs.swe_instances import SWEInstance
 from cispo.envs.verdict import PASSED, Verdict, read_verdict, verdict_run
 
 Status = Literal["resolved", "unresolved", "patch_failed", "timeout", "infra_error"]
@@ -59,7 +59,7 @@ class GradeResult:
         return asdict(self)
 
 
-def grade(task: SWETask, model_patch: str, pool: SandboxPool) -> GradeResult:
+def grade(task: SWEInstance, model_patch: str, pool: SandboxPool) -> GradeResult:
     """Apply `model_patch` to `task`'s repository and run its FAIL_TO_PASS + PASS_TO_PASS tests."""
     start = time.monotonic()
 
@@ -106,7 +106,7 @@ def grade(task: SWETask, model_patch: str, pool: SandboxPool) -> GradeResult:
     return done(status, error=verdict.error, **common)
 
 
-def _run_in_sandbox(task: SWETask, bundle: bytes, restore: list[str], pool: SandboxPool) -> tuple[ExecResult, Verdict]:
+def _run_in_sandbox(task: SWEInstance, bundle: bytes, restore: list[str], pool: SandboxPool) -> tuple[ExecResult, Verdict]:
     """One exec in one sandbox: prepare the repository, then (if that worked) run the tests;
     after the verdict the same exec resets the sandbox for its next use."""
     vrun = verdict_run(["sh", "-c", PREPARE, "prepare", *restore], bundle,

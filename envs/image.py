@@ -18,7 +18,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from cispo.envs.engine import connect
+from cispo.envs.docker_daemon import connect
 
 DEFAULT_IMAGE = "cispo-sandbox:bookworm"
 SUITE = "bookworm"

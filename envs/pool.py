@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
-from cispo.envs.engine import InfraError, connect
+from cispo.envs.docker_daemon import InfraError, connect
 from cispo.envs.sandbox import Sandbox, SandboxConfig, sweep_leftovers
 
 _swept = threading.Event()  # the leftover sweep runs once per process

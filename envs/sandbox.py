@@ -37,7 +37,7 @@ import docker
 import docker.errors
 from docker.types import Ulimit
 
-from cispo.envs.engine import InfraError, connect, with_retries
+from cispo.envs.docker_daemon import InfraError, connect, with_retries
 from cispo.envs.image import DEFAULT_IMAGE, SANDBOX_UID
 
 LABEL = "cispo.sandbox"

@@ -20,7 +20,7 @@ from cispo.envs.grading import grade
 from cispo.envs.patching import is_protected
 from cispo.envs.pool import shared_pool
 from cispo.envs.repo import snapshot
-from cispo.envs.tasks import SWETask, TaskError, task_from_row
+from cispo.envs.swe_instances import SWEInstance, TaskError, instance_from_row
 
 _FENCE = re.compile(r"```(?:diff|patch)[ \t]*\n(.*?)```", re.DOTALL)
 _SOURCE_SUFFIXES = (".py", ".pyi", ".cfg", ".toml", ".txt", ".md", ".rst", ".ini")
@@ -32,7 +32,7 @@ def extract_patch(response: str) -> str:
     return blocks[-1] if blocks else ""
 
 
-def render_patch_prompt(task: SWETask, max_chars: int = 12000) -> str:
+def render_patch_prompt(task: SWEInstance, max_chars: int = 12000) -> str:
     """Issue, repository files (the test files left out) and the answer format.
 
     Files are listed smallest first until `max_chars`: tiny repositories fit whole,
@@ -66,16 +66,16 @@ def _source_files(repo_tar: bytes) -> dict[str, str]:
     return files
 
 
-def task_from_metadata(metadata: dict[str, Any]) -> SWETask:
+def instance_from_metadata(metadata: dict[str, Any]) -> SWEInstance:
     base = metadata.get("task_dir")
     where = f"task {metadata.get('instance_id', '?')} (reward metadata)"
-    return task_from_row(metadata, where, base_dir=Path(base) if base else None)
+    return instance_from_row(metadata, where, base_dir=Path(base) if base else None)
 
 
 def patch_reward(prompt: str, response: str, metadata: dict[str, Any]) -> dict[str, Any]:
     """Reward of a single-shot answer: 1.0 if the diff in it makes every listed test pass."""
     try:
-        task = task_from_metadata(metadata)
+        task = instance_from_metadata(metadata)
     except TaskError as e:
         return {"score": math.nan, "status": "infra_error", "error": str(e)}
     result = grade(task, extract_patch(response), shared_pool())

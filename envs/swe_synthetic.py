@@ -21,7 +21,7 @@ from pathlib import Path
 from textwrap import dedent
 
 from cispo.envs.repo import _GIT, _GIT_ENV
-from cispo.envs.tasks import DEFAULT_TEST_CMD
+from cispo.envs.swe_instances import DEFAULT_TEST_CMD
 
 
 @dataclass(frozen=True)

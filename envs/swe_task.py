@@ -1,6 +1,6 @@
 """SWE tasks as an RL task (`task=swe_synthetic`): issue in, diff out, tests in Docker decide.
 
-`SweTask` serves the rows of a SWE-bench-shaped tasks.jsonl to the job through the
+`SWETask` serves the rows of a SWE-bench-shaped tasks.jsonl to the job through the
 same interface as `AdditionTask`: `row(i)`, `eval_rows()`, `reference_pair(i)` and
 `build_tokenizer()`. The prompt is `render_patch_prompt(task)`; the metadata is the
 task row plus `task_dir`, which is what `cispo.envs.swe:patch_reward` needs to find
@@ -24,21 +24,21 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from cispo.envs.addition import TaskRow
 from cispo.envs.swe import render_patch_prompt
 from cispo.envs.swe_synthetic import generate
-from cispo.envs.tasks import load_tasks
+from cispo.envs.task import TaskRow, register_task
+from cispo.envs.swe_instances import load_instances
 
 SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>"]
 
 
-class SweTask:
+class SWETask:
     """The tasks of one tasks.jsonl, cycled in file order for training and served once for eval."""
 
     def __init__(self, tasks_path: str | Path, name: str = "swe"):
         self.name = name
         self.tasks_path = Path(tasks_path).resolve()
-        tasks = load_tasks(self.tasks_path)  # validates every row, naming file, line and field
+        tasks = load_instances(self.tasks_path)  # validates every row, naming file, line and field
         raw = [json.loads(line) for line in self.tasks_path.read_text(encoding="utf-8").splitlines() if line.strip()]
         task_dir = str(self.tasks_path.parent)
         self._rows = [TaskRow(prompt=render_patch_prompt(t), metadata={**r, "task_dir": task_dir})
@@ -46,7 +46,7 @@ class SweTask:
         self._gold = [t.patch for t in tasks]
 
     @classmethod
-    def synthetic(cls, directory: str | Path) -> "SweTask":
+    def synthetic(cls, directory: str | Path) -> "SWETask":
         """The shipped synthetic set, generated under `directory` unless that version is already there."""
         root = Path(directory).expanduser().resolve()
         root.mkdir(parents=True, exist_ok=True)
@@ -97,3 +97,8 @@ class SweTask:
             tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
             clean_up_tokenization_spaces=False,  # spaces before punctuation are code, not noise
         )
+
+
+@register_task("swe_synthetic")
+def swe_synthetic_task(cfg) -> SWETask:
+    return SWETask.synthetic(cfg.data_dir)

@@ -2,7 +2,7 @@
 
 The model's code runs inside the pytest process, so pytest's output is the model's
 to write: it can print a fake summary and `os._exit(0)`, or monkeypatch pytest's
-reports at import. So grading does not read that output. `test_controller.py`
+reports at import. So grading does not read that output. `grading_controller.py`
 prepares the repository, runs the test command as its child, collects one record
 per test phase from `verdict_plugin.py` over a pipe, and prints them last, marked
 with a secret drawn here for this run alone (sent on stdin, never visible to the child).
@@ -29,7 +29,7 @@ from cispo.envs.sandbox import RESET_SCRIPT
 
 PASSED, FAILED = "passed", "failed"
 _HERE = Path(__file__).parent
-CONTROLLER = (_HERE / "test_controller.py").read_text()
+CONTROLLER = (_HERE / "grading_controller.py").read_text()
 PLUGIN = (_HERE / "verdict_plugin.py").read_bytes()
 _MARKER = "<<cispo-verdict {}>> "
 

@@ -9,7 +9,7 @@ counted (`restarts`). When a step's error fraction
 passes `max_error_fraction`, the job stops with `RewardFunctionError`, naming the
 function and showing one traceback.
 
-Several threads may score at once (the async producer keeps several scoring calls in
+Several threads may score at once (the rollout source keeps several scoring calls in
 flight; evaluation scores while it runs): each call works on the worker handles it
 started with, and a worker is replaced only if it is still the one that failed, under
 a lock, so two calls that saw the same worker fail replace it once.

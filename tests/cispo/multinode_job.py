@@ -12,7 +12,9 @@ import sys
 import threading
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/: actor_processes
+import cispo  # noqa: E402,F401 - first: once tests/ is on sys.path, tests/cispo/ would pass for the package
+
+sys.path.append(str(Path(__file__).parents[1]))  # tests/: actor_processes
 
 from actor_processes import Killer, actor_processes, raylet_pids, steps_logged  # noqa: E402
 

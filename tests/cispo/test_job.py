@@ -14,13 +14,18 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cispo.checkpoint import latest_checkpoint
 from cispo.job import Job
-from cispo.rollout.group import EngineSpec, RolloutError, RolloutGroup
+from cispo.rollout.engines import EngineGroup, EngineSpec, RolloutError
 from cispo.train import train
+from cispo.trained_samples import TRAINED_SAMPLES_FILE
 from cispo.types import SamplingParams
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 def read_metrics(output_dir: str) -> list[dict]:
-    return [json.loads(line) for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines()]
+    return read_jsonl(Path(output_dir) / "metrics.jsonl")
 
 
 @pytest.mark.slow
@@ -55,7 +60,7 @@ def test_short_job_leaves_wandb_files_and_a_loadable_checkpoint(ray_session, job
     hf_greedy = model.generate(torch.tensor([prompt]), max_new_tokens=4, do_sample=False,
                                eos_token_id=tokenizer.eos_token_id,
                                pad_token_id=tokenizer.pad_token_id)[0, len(prompt):].tolist()
-    engine = RolloutGroup(EngineSpec("vllm", str(hf_dir), 1.0, 0.0, {"max_model_len": 64}), 1, 300, 60)
+    engine = EngineGroup(EngineSpec("vllm", str(hf_dir), 1.0, 0.0, {"max_model_len": 64}), 1, 300, 60)
     try:
         vllm_greedy = engine.generate([prompt], SamplingParams(temperature=0.0, max_tokens=4))[0][0].token_ids
     finally:
@@ -65,7 +70,11 @@ def test_short_job_leaves_wandb_files_and_a_loadable_checkpoint(ray_session, job
 
 @pytest.mark.slow
 def test_resume_continues_step_optimizer_and_data_position(ray_session, job_config):
-    cfg = job_config(trainer__steps=2, trainer__save_every=1)
+    """On a user's dataset (shuffled, epochs cycling): the resumed job trains exactly the prompts
+    the uninterrupted stream would have."""
+    examples = Path(__file__).parents[2] / "examples"
+    cfg = job_config(trainer__steps=2, trainer__save_every=1, task__name="dataset",
+                     task__path=str(examples / "arith.jsonl"), reward__fn=f"{examples / 'my_reward.py'}:reward")
     first = train(cfg)
     assert first["optimizer_steps"] == cfg.trainer.sft_steps + 2
 
@@ -76,9 +85,10 @@ def test_resume_continues_step_optimizer_and_data_position(ray_session, job_conf
 
     steps = [m for m in read_metrics(cfg.trainer.output_dir) if "reward/mean" in m]
     assert [m["step"] for m in steps] == [1, 2, 3, 4]
-    ranges = [(m["data/prompt_start"], m["data/prompt_end"]) for m in steps]
     per_step = cfg.rollout.prompts_per_step
-    assert ranges == [(i * per_step, (i + 1) * per_step) for i in range(4)]  # none twice, none skipped
+    assert [m["data/next_prompt"] for m in steps] == [(i + 1) * per_step for i in range(4)]
+    trained = [sorted(r["prompt_indices"]) for r in read_jsonl(Path(cfg.trainer.output_dir) / TRAINED_SAMPLES_FILE)]
+    assert trained == [list(range(i * per_step, (i + 1) * per_step)) for i in range(4)]  # none twice, none skipped
 
 
 @pytest.mark.slow
@@ -121,5 +131,5 @@ def test_a_part_that_fails_to_start_stops_the_actors_started_before_it(ray_sessi
 def test_engines_that_cannot_load_name_the_checkpoint(ray_session, tmp_path):
     missing = tmp_path / "no_such_policy"
     with pytest.raises(RolloutError, match=f"did not start: an engine died while loading {missing}"):
-        RolloutGroup(EngineSpec("builtin", str(missing), 1.0, 0.0, {}), num_workers=1, generate_timeout_s=60,
+        EngineGroup(EngineSpec("builtin", str(missing), 1.0, 0.0, {}), num_workers=1, generate_timeout_s=60,
                      push_timeout_s=60, start_timeout_s=120)

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from cispo.reward.pool import RewardPool
-from cispo.rollout.group import WeightPushError
-from cispo.train_async import TRAINED_SAMPLES_FILE, train_async
+from cispo.rollout.engines import WeightPushError
+from cispo.trained_samples import TRAINED_SAMPLES_FILE
+from cispo.train_async import train_async
 from cispo.types import Sample
 
 USER_REWARDS = Path(__file__).parents[1] / "reward" / "user_rewards.py"
@@ -69,7 +70,7 @@ def test_weight_push_that_times_out_fails_the_async_job_with_a_clear_message(ray
     with pytest.raises(WeightPushError, match=r"weight push of version 1 to 1/1 rollout engines did not finish "
                                               r"within rollout.weight_push_timeout_s=0.01 s"):
         train_async(cfg)
-    assert not [t for t in threading.enumerate() if t.name.startswith(("rollout-producer", "rollout-scoring"))]
+    assert not [t for t in threading.enumerate() if t.name.startswith(("rollout-collector", "rollout-scoring"))]
 
 
 def test_concurrent_scoring_calls_replace_a_killed_worker_once_and_lose_nothing(ray_session):

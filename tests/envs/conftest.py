@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from cispo.envs.engine import connect
+from cispo.envs.docker_daemon import connect
 from cispo.envs.image import DEFAULT_IMAGE, build_base_image
 from cispo.envs.pool import SandboxPool
 from cispo.envs.sandbox import LABEL, SandboxConfig
 from cispo.envs.swe_synthetic import SPECS, RepoSpec, build_task, generate
-from cispo.envs.tasks import load_tasks, task_from_row
+from cispo.envs.swe_instances import load_instances, instance_from_row
 
 
 def our_containers() -> list:
@@ -52,7 +52,7 @@ def pool():
 def synthetic(tmp_path_factory):
     """The shipped synthetic task set, generated into a temporary directory."""
     path = generate(tmp_path_factory.mktemp("synthetic"))
-    return {t.instance_id: t for t in load_tasks(path)}
+    return {t.instance_id: t for t in load_instances(path)}
 
 
 @pytest.fixture(scope="session")
@@ -67,6 +67,6 @@ def make_task(tmp_path_factory):
     def make(spec: RepoSpec, bundle: bool = True, **overrides):
         out: Path = tmp_path_factory.mktemp(spec.name)
         row = {**build_task(spec, out, bundle=bundle), **overrides}
-        return task_from_row(row, f"{spec.name} (test)", base_dir=out)
+        return instance_from_row(row, f"{spec.name} (test)", base_dir=out)
 
     return make

@@ -9,7 +9,7 @@ from transformers import PreTrainedTokenizerFast
 
 from cispo.envs.agent import AgentConfig, render_prompt, run_episode
 from cispo.envs.agent_tools import REPO, TOOL_DOCS, ToolCall, run_tool
-from cispo.envs.engine import connect
+from cispo.envs.docker_daemon import connect
 from cispo.envs.repo import snapshot
 from cispo.types import Completion, SamplingParams
 

@@ -12,7 +12,7 @@ import time
 import docker.errors
 import pytest
 
-from cispo.envs import engine, sandbox
+from cispo.envs import docker_daemon, sandbox
 from cispo.envs.cli import main as cli
 from cispo.envs.grading import grade
 from cispo.envs.repo import snapshot
@@ -113,9 +113,9 @@ def test_broken_task_and_dead_daemon_are_infra_errors(synthetic, pool, tmp_path,
 
     dead = f"unix://{tmp_path}/dead.sock"
     with SandboxPool() as fresh:  # no warm container: it must start one, and the daemon is "down"
-        monkeypatch.setattr(sandbox, "connect", lambda: engine.connect(dead))
+        monkeypatch.setattr(sandbox, "connect", lambda: docker_daemon.connect(dead))
         res = grade(task, task.patch, fresh)
-    assert res.status == "infra_error" and math.isnan(res.reward) and "no Docker engine answers" in res.error
+    assert res.status == "infra_error" and math.isnan(res.reward) and "no Docker daemon answers" in res.error
 
 
 def test_controller_kills_leftovers_before_it_becomes_the_reset_shell(pool):
@@ -138,7 +138,7 @@ def _kill_during_tests(times: int) -> threading.Thread:
     def killer():
         killed = set()
         while len(killed) < times:
-            for c in engine.connect().containers.list(filters={"label": [LABEL, f"{LABEL}.pid={os.getpid()}"]}):
+            for c in docker_daemon.connect().containers.list(filters={"label": [LABEL, f"{LABEL}.pid={os.getpid()}"]}):
                 if c.id not in killed and c.status == "running" and _runs_pytest(c):
                     c.kill()
                     killed.add(c.id)

@@ -83,7 +83,7 @@ def test_paths_to_restore_adds_the_test_patch_files():
 
 
 def _verdict(records, exit_code, secret="s3cret", prepare_code=0) -> str:
-    """Controller output as `test_controller.py` prints it, after some noise from the tests.
+    """Controller output as `grading_controller.py` prints it, after some noise from the tests.
     `records`: the plugin's records, or raw lines (str) something else wrote to its pipe."""
     lines = "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records)
     body = {"prepare": {"exit_code": prepare_code, "output": "<<cispo-prepare>> applied none", "seconds": 0.1},

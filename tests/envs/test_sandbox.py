@@ -8,7 +8,7 @@ import docker.errors
 import pytest
 import requests
 
-from cispo.envs.engine import START_HINT, EngineUnavailable, InfraError, connect, with_retries
+from cispo.envs.docker_daemon import START_HINT, DaemonUnavailable, InfraError, connect, with_retries
 from cispo.envs.image import DEFAULT_IMAGE, debian_mirror
 from cispo.envs.pool import SandboxPool
 from cispo.envs.sandbox import LABEL, RESET_SCRIPT, owner_labels, sweep_leftovers
@@ -165,7 +165,7 @@ def test_retries_then_infra_error():
 
 
 def test_missing_engine_says_how_to_start_one(tmp_path):
-    with pytest.raises(EngineUnavailable) as e:
+    with pytest.raises(DaemonUnavailable) as e:
         connect(f"unix://{tmp_path}/no-docker.sock")
     assert START_HINT in str(e.value)
 

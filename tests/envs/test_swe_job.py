@@ -15,17 +15,17 @@ from omegaconf import OmegaConf
 
 import cispo.cli  # noqa: F401  (registers `config_schema` in Hydra's ConfigStore)
 from cispo.config import validate
-from cispo.envs.engine import connect
+from cispo.envs.docker_daemon import connect
 from cispo.envs.pool import SandboxPool, set_shared_pool
 from cispo.envs.sandbox import LABEL, sweep_leftovers
 from cispo.envs.swe import extract_patch, patch_reward, render_patch_prompt
-from cispo.envs.swe_task import SweTask
-from cispo.envs.tasks import load_tasks
+from cispo.envs.swe_task import SWETask
+from cispo.envs.swe_instances import load_instances
 
 
 @pytest.fixture(scope="module")
-def swe_task(tmp_path_factory) -> SweTask:
-    return SweTask.synthetic(tmp_path_factory.mktemp("swe_tasks"))
+def swe_task(tmp_path_factory) -> SWETask:
+    return SWETask.synthetic(tmp_path_factory.mktemp("swe_tasks"))
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def reward_pool():
 
 
 def test_rows_cycle_and_carry_what_the_reward_needs(swe_task, tmp_path):
-    tasks = load_tasks(swe_task.tasks_path)
+    tasks = load_instances(swe_task.tasks_path)
     n = len(tasks)
     assert n == len(swe_task) == len(swe_task.eval_rows()) == 3
     for i, task in enumerate(tasks):
@@ -49,14 +49,14 @@ def test_rows_cycle_and_carry_what_the_reward_needs(swe_task, tmp_path):
         assert (Path(row.metadata["task_dir"]) / row.metadata["repo_path"]).resolve() == task.repo_path
     assert [r.metadata["instance_id"] for r in swe_task.eval_rows()] == [t.instance_id for t in tasks]
     # Generation is deterministic: a second job reuses the same set, byte for byte.
-    assert SweTask.synthetic(swe_task.tasks_path.parent.parent).tasks_path == swe_task.tasks_path
+    assert SWETask.synthetic(swe_task.tasks_path.parent.parent).tasks_path == swe_task.tasks_path
     assert [p.name for p in swe_task.tasks_path.parent.parent.iterdir()] == [swe_task.tasks_path.parent.name]
 
 
 def test_byte_tokenizer_round_trips_code_and_diffs(swe_task, tmp_path):
     from transformers import AutoTokenizer
 
-    built = SweTask.build_tokenizer()
+    built = SWETask.build_tokenizer()
     built.save_pretrained(tmp_path)  # what the job does beside the random-init policy
     for tok in (built, AutoTokenizer.from_pretrained(tmp_path)):
         assert len(tok) == 259 and tok.pad_token_id == 0 and tok.bos_token_id == 1 and tok.eos_token_id == 2
@@ -85,9 +85,9 @@ def test_reference_answers_are_resolved_and_junk_is_not(swe_task, reward_pool):
 
 def test_infra_error_is_masked_and_counted_as_a_status(swe_task, reward_pool):
     """A task the grader cannot run says nothing about the model: NaN, masked, and logged."""
-    from cispo.collect import Rollouts, assign_advantages
+    from cispo.algo.groups import assign_advantages
     from cispo.reward.worker import normalise_result
-    from cispo.step_metrics import rollout_metrics
+    from cispo.step import rollout_metrics
     from cispo.types import Group, Sample
 
     prompt, answer = swe_task.reference_pair(0)
@@ -100,9 +100,8 @@ def test_infra_error_is_masked_and_counted_as_a_status(swe_task, reward_pool):
         result = normalise_result(value, "patch_reward")
         samples.append(Sample(f"g-{k}", "g", [1], [3], [0.0], "stop", 0, reward=result.score,
                               reward_details=result.details, reward_error=result.error))
-    rollouts = Rollouts(groups=[Group("g", samples)])
-    assign_advantages(rollouts.groups, "grpo")
-    m = rollout_metrics(rollouts)
+    assign_advantages([Group("g", samples)], "grpo")
+    m = rollout_metrics(samples)
     assert not samples[2].trainable and samples[2].advantage == 0.0
     assert m["reward/errors"] == 1 and m["reward/mean"] == 0.5
     assert {k: round(v, 3) for k, v in m.items() if k.startswith("env/")} == {
@@ -147,7 +146,7 @@ def test_short_rl_job_grades_in_docker_and_logs_statuses(ray_session, tmp_path):
                               ("resolved", "unresolved", "patch_failed", "timeout", "infra_error")}
         # 3 prompts x 2 samples, each graded in a sandbox; none failed to score.
         assert m["rollout/groups"] == 3 and m["reward/errors"] == 0 and m["perf/reward_s"] > 0
-        assert m["data/prompt_end"] - m["data/prompt_start"] == 3
+        assert m["data/prompts_trained"] == 3
     print(f"swe_synthetic job: 2 steps in {seconds:.0f} s; step metrics: "
           + ", ".join(f"{k}={v:.3g}" for k, v in steps[-1].items() if k.startswith(("env/", "perf/"))))
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from cispo.envs.tasks import DEFAULT_TEST_CMD, TaskError, load_predictions, load_tasks
+from cispo.envs.swe_instances import DEFAULT_TEST_CMD, TaskError, load_predictions, load_instances
 
 
 def _row(**kw):
@@ -32,7 +32,7 @@ def _write(tmp_path, rows, name="tasks.jsonl"):
 
 def test_rows_load_with_defaults_and_swebench_json_strings(tmp_path):
     path = _write(tmp_path, [_row(), _row(instance_id="o__r-2", FAIL_TO_PASS='["t.py::test_b[x y]"]', test_cmd="PYTHONPATH=src python3 -m pytest")])
-    a, b = load_tasks(path)
+    a, b = load_instances(path)
     assert a.repo_path == (tmp_path / "r.bundle").resolve()
     assert a.test_cmd == DEFAULT_TEST_CMD and a.image is None
     assert b.fail_to_pass == ("t.py::test_b[x y]",)
@@ -57,7 +57,7 @@ def test_rows_load_with_defaults_and_swebench_json_strings(tmp_path):
 def test_bad_rows_name_file_line_and_field(tmp_path, row, message):
     path = _write(tmp_path, [_row(), row])
     with pytest.raises(TaskError) as e:
-        load_tasks(path)
+        load_instances(path)
     assert str(e.value).startswith(str(path)) and message in str(e.value)
 
 

@@ -26,11 +26,11 @@ def test_load_by_module_and_file_path():
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("no_colon", "expected 'package.module:fn'"),
+    ("no_colon", "expected 'package.module:name'"),
     ("/nonexistent/file.py:fn", "no file"),
     ("cispo.reward.not_a_module:fn", "cannot import module"),
     (f"{USER_FILE}:missing", "has no 'missing'"),
-    (f"{USER_FILE}:NOT_A_FUNCTION", "not a function"),
+    (f"{USER_FILE}:NOT_A_FUNCTION", "not callable"),
 ])
 def test_load_errors_name_the_problem(spec, message):
     with pytest.raises(RewardLoadError, match=message):

@@ -7,13 +7,14 @@ import ray
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from cispo.batch import make_batch, sft_batch
-from cispo.collect import to_group
+from cispo.learner.batch import make_batch, sft_batch
 from cispo.config import Config
-from cispo.envs.addition import AdditionTask, TaskRow
-from cispo.learner_group import LearnerGroup
+from cispo.envs.addition import AdditionTask
+from cispo.algo.losses import resolve_loss
+from cispo.learner.group import LearnerGroup
 from cispo.policy import create_policy
-from cispo.rollout.group import EngineSpec, RolloutGroup, WeightPushError
+from cispo.rollout.engines import EngineGroup, EngineSpec, WeightPushError
+from cispo.rollout.source import Prompt, to_group
 from cispo.types import SamplingParams
 
 PROMPTS = ["1+2=", "7+5=", "3+3=", "9+0="]
@@ -26,8 +27,8 @@ def stack(ray_session, tmp_path_factory):
     cfg.learner.lr = 1e-2
     policy = create_policy(cfg.model, AdditionTask.build_tokenizer(), tmp_path_factory.mktemp("policy"))
     tokenizer = AutoTokenizer.from_pretrained(str(policy))
-    learner = LearnerGroup(cfg, str(policy))
-    engines = RolloutGroup(EngineSpec("vllm", str(policy), 1.0, 0.0, {"max_model_len": 64}),
+    learner = LearnerGroup(cfg, str(policy), resolve_loss(cfg.algo, cfg.rollout.max_new_tokens))
+    engines = EngineGroup(EngineSpec("vllm", str(policy), 1.0, 0.0, {"max_model_len": 64}),
                            num_workers=1, generate_timeout_s=300, push_timeout_s=60)
     yield learner, engines, tokenizer
     engines.shutdown()
@@ -79,7 +80,7 @@ def test_push_makes_engine_greedy_equal_learner_greedy(stack):
     # The engine's log-probs are the learner's, token for token (the sync path has no mismatch).
     sampled = engines.generate(prompts, SamplingParams(n=2, max_tokens=4, seed=1))
     samples = [s for row, p, c in zip(PROMPTS, prompts, sampled)
-               for s in to_group(TaskRow(prompt=row, metadata={}), p, c, tokenizer).samples]
+               for s in to_group(Prompt(p, row, {}), c, tokenizer.decode).samples]
     batch = make_batch(samples, tokenizer.pad_token_id)
     learner_logp = learner.logprobs(batch)
     mask = batch.loss_mask.bool()

@@ -1,0 +1,143 @@
+"""The learner ranks as Ray actors in one placement group, driven as a single learner.
+
+A rank that dies surfaces as `LearnerDiedError` from whichever call saw it; the
+job's supervisor (`cispo.supervise`) then restarts the job from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+from collections import Counter
+
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from cispo.learner.batch import TrainBatch
+from cispo.config import Config
+from cispo.learner.rank import Learner, merge_rank_metrics
+from cispo.algo.losses import LossSpec, loss_normalizer
+
+
+class LearnerDiedError(RuntimeError):
+    """A learner rank's actor died (process killed, node lost): the learner's state is gone."""
+
+
+def _free_port() -> tuple[str, int]:
+    """An address and a free port on the node this runs on (the rank-0 rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return ray.util.get_node_ip_address(), s.getsockname()[1]
+
+
+class LearnerGroup:
+    def __init__(self, cfg: Config, model_dir: str, loss: LossSpec):
+        lc = cfg.learner
+        self.world_size, self.loss = lc.world_size, loss
+        self.micro_batch_size = lc.micro_batch_size
+        bundle = {"CPU": lc.num_cpus_per_rank, **({"GPU": lc.num_gpus_per_rank} if lc.num_gpus_per_rank else {}),
+                  **lc.resources}
+        self.pg = placement_group([bundle] * lc.world_size, strategy="PACK")
+        try:
+            ray.get(self.pg.ready(), timeout=300)
+        except ray.exceptions.GetTimeoutError as e:
+            remove_placement_group(self.pg)
+            raise RuntimeError(f"no room in the Ray cluster for {lc.world_size} learner ranks of {bundle} "
+                               f"within 300 s; free resources: {ray.available_resources()}") from e
+        actor = ray.remote(Learner)
+        addr, port = ray.get(
+            ray.remote(num_cpus=0)(_free_port).options(
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=0)
+            ).remote()
+        )
+        self.ranks = [
+            actor.options(
+                num_cpus=lc.num_cpus_per_rank, num_gpus=lc.num_gpus_per_rank,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=rank),
+            ).remote(lc, loss, model_dir, rank, lc.world_size, addr, port, cfg.rollout.temperature)
+            for rank in range(lc.world_size)
+        ]
+
+    def _shards(self, batch: TrainBatch) -> tuple[list[TrainBatch], int]:
+        """One shard per rank, and the micro-batch count every rank uses (DeepSpeed needs it equal)."""
+        if len(batch) < self.world_size:
+            raise ValueError(f"a batch of {len(batch)} samples cannot feed learner.world_size={self.world_size} ranks")
+        n_micro = math.ceil(math.ceil(len(batch) / self.world_size) / self.micro_batch_size)
+        return batch.chunks(self.world_size), n_micro
+
+    def train_step(self, batch: TrainBatch) -> dict[str, float]:
+        """One optimizer step of the job's loss on the whole batch, split over the ranks."""
+        normalizer = max(loss_normalizer(batch.loss_mask, self.loss.params.loss_agg), 1.0)
+        shards, n_micro = self._shards(batch)
+        results = self._get([r.train_step.remote(s, n_micro, normalizer)
+                             for r, s in zip(self.ranks, shards)])
+        return merge_rank_metrics(results)
+
+    def sft_step(self, batch: TrainBatch, lr: float) -> dict[str, float]:
+        normalizer = max(float(batch.loss_mask.sum()), 1.0)
+        shards, n_micro = self._shards(batch)
+        results = self._get([r.sft_step.remote(s, n_micro, normalizer, lr) for r, s in zip(self.ranks, shards)])
+        return {"sft_loss": sum(m["sft_loss"] for m in results)}
+
+    def logprobs(self, batch: TrainBatch):
+        import torch
+
+        shards, n_micro = self._shards(batch)
+        return torch.cat(self._get([r.logprobs.remote(s, n_micro) for r, s in zip(self.ranks, shards)]))
+
+    def weights_ref(self) -> ray.ObjectRef:
+        """The full weights, put once in the object store for every engine to fetch."""
+        refs = [r.named_weights.remote() for r in self.ranks]
+        self._get(refs[1:])
+        ray.wait(refs[:1], fetch_local=False)
+        # Rank 0 still answers, so refs[0] holds weights and not the error of its death, which the
+        # engines would report as their own (and be replaced for).
+        self.optimizer_steps()
+        return refs[0]
+
+    def save_hf(self, directory: str) -> None:
+        self._get([r.save_hf.remote(directory) for r in self.ranks])
+
+    def save_checkpoint(self, directory: str, tag: str) -> None:
+        self._get([r.save_checkpoint.remote(directory, tag) for r in self.ranks])
+
+    def load_checkpoint(self, directory: str, tag: str) -> int:
+        return self._get([r.load_checkpoint.remote(directory, tag) for r in self.ranks])[0]
+
+    def use_idle_cores(self) -> list[int]:
+        """Let each rank step with all the cores of its node, split between the ranks there.
+
+        For the synchronous driver: it runs generation, scoring and learning one after the
+        other, so while the learner steps the rollout and reward workers' cores sit idle (on a
+        2-core machine the learner would otherwise use one core of two). Returns each rank's
+        thread count."""
+        nodes = self._get([r.node_id.remote() for r in self.ranks])
+        per_node = Counter(nodes)
+        return self._get([r.use_cores.remote(per_node[n]) for r, n in zip(self.ranks, nodes)])
+
+    def optimizer_steps(self) -> int:
+        return self._get(self.ranks[0].optimizer_steps.remote())
+
+    @staticmethod
+    def _get(refs):
+        """ray.get that fails as soon as one rank died (the others may wait for it in a collective)."""
+        pending = [refs] if isinstance(refs, ray.ObjectRef) else list(refs)
+        try:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                ray.get(done)
+            return ray.get(refs)
+        except ray.exceptions.RayActorError as e:
+            raise LearnerDiedError(f"a learner rank died: {e}") from e
+
+    def shutdown(self) -> None:
+        """Stop the ranks gracefully; ranks already dead (or hung) are killed."""
+        try:
+            ray.get([r.shutdown.remote() for r in self.ranks], timeout=60)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            pass  # killed below either way
+        finally:
+            for r in self.ranks:
+                ray.kill(r)
+            remove_placement_group(self.pg)

@@ -1,0 +1,251 @@
+"""One data-parallel learner rank: the policy wrapped by DeepSpeed, behind a narrow interface.
+
+`Learner` is the body of a Ray actor (see `LearnerGroup`). Every rank gets an
+equal shard of the step's batch. Losses are divided by the *global* normaliser
+(the token or sequence count of the whole batch) times world_size, because
+DeepSpeed averages gradients over ranks: the sum of rank gradients is then
+exactly the gradient of the full-batch loss, so 1 rank and N ranks take the same
+step.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import torch
+
+import torch.nn.functional as F
+
+from cispo.learner.batch import TrainBatch
+from cispo.config import LearnerConfig
+from cispo.algo.diagnostics import mismatch_sums
+from cispo.algo.losses import LossSpec, entropy_from_logits
+from cispo.policy import save_hf_checkpoint
+
+
+def _ds_config(cfg: LearnerConfig, use_gpu: bool) -> dict:
+    return {
+        # Nominal: the real number of micro-batches is set per step with set_train_batch_size.
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": cfg.grad_clip,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "bf16": {"enabled": use_gpu},
+        # Our optimizer is torch's AdamW (DeepSpeed's fused/CPU Adam need compiled ops).
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+class Learner:
+    def __init__(self, learner_cfg: LearnerConfig, loss: LossSpec,
+                 model_dir: str, rank: int, world_size: int, master_addr: str, master_port: int,
+                 temperature: float):
+        use_gpu = learner_cfg.num_gpus_per_rank > 0
+        os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank),
+                          WORLD_SIZE=str(world_size), LOCAL_RANK="0")
+        if not use_gpu:
+            os.environ["DS_ACCELERATOR"] = "cpu"
+        import deepspeed  # after DS_ACCELERATOR is set: it picks the accelerator on import
+
+        from cispo.policy import is_hybrid, load_policy
+
+        deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
+        self.rank, self.world_size = rank, world_size
+        self.cfg, self.loss, self.temperature = learner_cfg, loss, temperature
+        model = load_policy(model_dir)
+        self.packed = is_hybrid(model_dir)  # our hybrid model trains on packed streams
+        self.aux_loss_coef = model.config.router_aux_loss_coef if self.packed else 0.0
+        if learner_cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=learner_cfg.lr, weight_decay=learner_cfg.weight_decay,
+                                      betas=(learner_cfg.beta1, learner_cfg.beta2), eps=learner_cfg.eps)
+        self.model, self.optimizer, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, config=_ds_config(learner_cfg, use_gpu))
+
+    # ------------------------------------------------------------------ log-probs
+
+    def _logits(self, batch: TrainBatch) -> torch.Tensor:
+        """(B, L-1, V) FP32 logits of every target token, divided by the sampling temperature.
+
+        Through DeepSpeed's forward (`self.model`), never the bare module: ZeRO-3 gathers weights and
+        counts micro-steps there (skipping it silently drops accumulated gradients).
+        The hybrid model runs the rows packed into one stream (no padding; the
+        lightning state resets at each row's start) and its router aux loss is kept
+        for the step's loss."""
+        if not self.packed:
+            out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+            return out.logits[:, :-1].float() / self.temperature  # the sampler's log-probs are of the tempered policy
+        real = batch.attention_mask.bool()  # (B, L)
+        cu_seqlens = F.pad(real.sum(-1).cumsum(0), (1, 0)).to(torch.int32)  # (B+1,)
+        out = self.model(batch.input_ids[real][None], cu_seqlens=cu_seqlens)  # flat (1, total)
+        self._aux_loss = out.aux_loss
+        logits = out.logits[0].new_zeros(*batch.input_ids.shape, out.logits.shape[-1])  # (B, L, V)
+        logits[real] = out.logits[0]
+        return logits[:, :-1].float() / self.temperature
+
+    @staticmethod
+    def _target_logp(logits: torch.Tensor, batch: TrainBatch) -> torch.Tensor:
+        targets = batch.input_ids[:, 1:]  # (B, L-1)
+        return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+    # ------------------------------------------------------------------ training
+
+    def _set_micro_batches(self, n: int) -> None:
+        self.model.set_train_batch_size(n * self.world_size)
+
+    def train_step(self, shard: TrainBatch, n_micro: int, normalizer: float) -> dict[str, float]:
+        """One optimizer step on this rank's shard; `normalizer` is the whole batch's count.
+
+        Returns token-weighted sums (`*_sum`, with `tokens`) so the group can merge ranks
+        exactly, plus the sufficient statistics of sampler-vs-learner token probabilities.
+        """
+        micro = shard.chunks(n_micro)
+        self._set_micro_batches(n_micro)
+        self.model.train()
+        sums: dict[str, float] = {}
+        for mb in micro:
+            logits = self._logits(mb)
+            logp = self._target_logp(logits, mb)
+            # DeepSpeed averages gradients over ranks: dividing by normalizer / world_size makes
+            # the averaged gradient that of the whole batch's loss.
+            loss, metrics = self.loss(logp, mb.old_logp, mb.advantages, mb.loss_mask,
+                                      normalizer=normalizer / self.world_size)
+            if self.packed:  # MoE load balancing, averaged over the step's micro-batches
+                loss = loss + self.aux_loss_coef * self._aux_loss / n_micro
+            self.model.backward(loss, scale_wrt_gas=False)
+            self.model.step()
+            with torch.no_grad():
+                tokens = float(mb.loss_mask.sum())
+                metrics["entropy"] = float((entropy_from_logits(logits) * mb.loss_mask).sum()) / max(tokens, 1.0)
+                accumulate_metrics(sums, metrics, tokens)
+                _add(sums, {"tokens": tokens})
+                mismatch = mismatch_sums(mb.sampler_logp, logp, mb.loss_mask).tolist()
+                sums["mismatch_sums"] = [a + b for a, b in zip(sums.get("mismatch_sums", [0.0] * 7), mismatch)]
+                # Summed over micro-batches and ranks this is exactly the full-batch loss.
+                _add(sums, {"loss": float(loss) / self.world_size})
+        sums["grad_norm"] = float(self.model.get_global_grad_norm() or 0.0)
+        return sums
+
+    def sft_step(self, shard: TrainBatch, n_micro: int, normalizer: float, lr: float) -> dict[str, float]:
+        """One supervised step: mean NLL of the reference response tokens."""
+        micro = shard.chunks(n_micro)
+        self._set_micro_batches(n_micro)
+        self.model.train()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        total = 0.0
+        for mb in micro:
+            logp = self._target_logp(self._logits(mb), mb)
+            loss = -(logp * mb.loss_mask).sum() / (normalizer / self.world_size)
+            self.model.backward(loss, scale_wrt_gas=False)
+            self.model.step()
+            total += float(loss)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.cfg.lr
+        return {"sft_loss": total / self.world_size}
+
+    @torch.no_grad()
+    def logprobs(self, shard: TrainBatch, n_micro: int) -> torch.Tensor:
+        """(B, L-1) log-probs of the target tokens under the current weights."""
+        self.model.eval()
+        return torch.cat([self._target_logp(self._logits(mb), mb) for mb in shard.chunks(n_micro) if len(mb)])
+
+    # ------------------------------------------------------------------ weights and checkpoints
+
+    def named_weights(self) -> list[tuple[str, torch.Tensor]] | None:
+        """Full weights as (HF name, tensor) pairs on rank 0 (None elsewhere), the form every
+        rollout engine's update_weights takes. Every rank must call it (ZeRO-3 gathers)."""
+        return list(self._iter_full_weights()) if self.rank == 0 else self._drain()
+
+    def _drain(self) -> None:
+        for _ in self._iter_full_weights():
+            pass
+        return None
+
+    def _iter_full_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        import deepspeed
+
+        # remove_duplicate=False: tied weights (lm_head = embed_tokens) go out under both names;
+        # vLLM may keep separate copies of them (on CPU it repacks the LM head).
+        for name, param in self.model.module.named_parameters(remove_duplicate=False):
+            with deepspeed.zero.GatheredParameters([param], enabled=self.cfg.zero_stage == 3):
+                yield name, param.detach().to("cpu", torch.float32).clone()
+
+    def save_hf(self, directory: str) -> None:
+        """An HF-format checkpoint (rank 0 writes; every rank must call for ZeRO-3)."""
+        weights = self.named_weights()
+        if self.rank == 0:
+            save_hf_checkpoint(self.model.module, dict(weights), directory)
+
+    def save_checkpoint(self, directory: str, tag: str) -> None:
+        """DeepSpeed state (weights, optimizer, step) for resume; every rank writes its part."""
+        self.model.save_checkpoint(directory, tag=tag)
+
+    def load_checkpoint(self, directory: str, tag: str) -> int:
+        """Restore weights and optimizer state; returns the optimizer steps taken so far."""
+        path, _ = self.model.load_checkpoint(directory, tag=tag)
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint {tag!r} under {directory}")
+        return self.model.global_steps
+
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+    def use_cores(self, ranks_on_node: int) -> int:
+        """Step with this node's cores, shared with the other ranks on it, as torch threads (Ray
+        gives an actor as many as its num_cpus). Only when nothing else runs while the learner
+        steps: see `LearnerGroup.use_idle_cores`. Returns the thread count now in use."""
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // ranks_on_node))
+        return torch.get_num_threads()
+
+    def optimizer_steps(self) -> int:
+        return self.model.global_steps
+
+    def shutdown(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def accumulate_metrics(into: dict[str, float], metrics: dict[str, float], tokens: float) -> None:
+    """Fold one micro-batch's metrics in: `*_min`/`*_max` by min/max, the rest as token-weighted `*_sum`."""
+    for k, v in metrics.items():
+        if k.endswith("_min"):
+            into[k] = min(into.get(k, v), v)
+        elif k.endswith("_max"):
+            into[k] = max(into.get(k, v), v)
+        else:
+            into[f"{k}_sum"] = into.get(f"{k}_sum", 0.0) + v * tokens
+
+
+def merge_rank_metrics(per_rank: list[dict[str, float]]) -> dict[str, float]:
+    """Merge ranks' `train_step` results: token-weighted means for `*_sum`, min/max kept, counts summed."""
+    tokens = sum(m["tokens"] for m in per_rank) or 1.0
+    out: dict[str, float] = {}
+    for key in per_rank[0]:
+        values = [m[key] for m in per_rank]
+        if key.endswith("_sum"):
+            out[key[: -len("_sum")]] = sum(values) / tokens
+        elif key.endswith("_min"):
+            out[key] = min(values)
+        elif key.endswith("_max"):
+            out[key] = max(values)
+        elif key == "grad_norm":
+            out[key] = values[0]  # the global norm: the same on every rank
+        elif key == "mismatch_sums":
+            out[key] = [sum(col) for col in zip(*values)]
+        else:
+            out[key] = sum(values)
+    return out
+
+
+def _add(into: dict[str, float], values: dict[str, float]) -> None:
+    for k, v in values.items():
+        into[k] = into.get(k, 0.0) + v
+
