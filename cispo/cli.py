@@ -8,15 +8,37 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from cispo.config import Config, ConfigError, validate
+from cispo.config import Config, ConfigError, unknown_keys, validate
 
 ConfigStore.instance().store(name="config_schema", node=Config)
+
+
+def check_resume(cfg: Config) -> None:
+    """What trainer.resume finds in output_dir, said before Ray starts."""
+    from cispo.checkpoint import latest_checkpoint
+
+    if cfg.trainer.resume == "false":
+        return
+    found = latest_checkpoint(cfg.trainer.output_dir)
+    if found is None:
+        if cfg.trainer.resume == "true":
+            raise ConfigError(f"trainer.resume=true: no complete checkpoint in {cfg.trainer.output_dir}; use "
+                              "trainer.resume=auto to start fresh when there is none")
+        print(f"trainer.resume=auto: no checkpoint in {cfg.trainer.output_dir}; starting fresh", file=sys.stderr)
+    elif found[1].step >= cfg.trainer.steps:
+        raise ConfigError(f"trainer.steps={cfg.trainer.steps}: the checkpoint to resume ({found[0]}) is at step "
+                          f"{found[1].step} already; raise trainer.steps past it to train on")
 
 
 @hydra.main(version_base="1.3", config_path="pkg://cispo.conf", config_name="config")
 def _main(dict_cfg: DictConfig) -> None:
     try:
+        unknown = unknown_keys(OmegaConf.to_container(dict_cfg, resolve=False))
+        if unknown:
+            raise ConfigError(f"{', '.join(unknown)}: no such key (a '+' adds a key past the schema; only the "
+                              "open dicts rollout.resources, learner.resources and task.args take new keys)")
         cfg = validate(OmegaConf.to_object(dict_cfg))
+        check_resume(cfg)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         sys.exit(2)

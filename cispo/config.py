@@ -227,8 +227,8 @@ class TrainerConfig:
     # Save an HF + DeepSpeed checkpoint every N steps (and at the end); 0 = only at the end.
     save_every: int = 20
     # Continue from the last complete checkpoint in output_dir (same step, optimizer state and data
-    # position): "auto" resumes when one exists and starts fresh otherwise; "true" resumes (and starts
-    # fresh, keeping output_dir's files, when there is none); "false" starts fresh and clears output_dir.
+    # position): "auto" resumes when one exists and starts fresh otherwise (saying so); "true" resumes
+    # and is an error when there is none; "false" starts fresh and clears output_dir.
     resume: str = "false"
     # When a learner rank dies mid-run, tear the job down and start it again from its last
     # checkpoint (as resume=auto), up to this many times; counted in faults/learner_restarts.
@@ -281,6 +281,26 @@ def resume_mode(value: bool | str) -> str:
     mode = str(value).lower()
     _check(mode in RESUME_MODES, "trainer.resume", f"must be auto, true or false, got {value!r}")
     return mode
+
+
+# Config keys whose values are open dicts: any key under them is the user's own.
+OPEN_DICTS = ("rollout.resources", "learner.resources", "task.args")
+
+
+def unknown_keys(values: dict, schema: type = None, prefix: str = "") -> list[str]:
+    """Keys of a composed config (plain dicts) that the schema has no field for: Hydra's `+key=value`
+    adds them past the schema, and `OmegaConf.to_object` would drop them without a word."""
+    import dataclasses
+
+    fields = {f.name: f for f in dataclasses.fields(schema or Config)}
+    out = []
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            out.append(dotted)
+        elif isinstance(value, dict) and dotted not in OPEN_DICTS and dataclasses.is_dataclass(fields[key].default_factory):
+            out += unknown_keys(value, fields[key].default_factory, dotted + ".")
+    return out
 
 
 def validate(cfg: Config) -> Config:
@@ -342,11 +362,24 @@ def validate(cfg: Config) -> Config:
     _check(t.name in task_names() or ":" in t.name, "task.name",
            f"{t.name!r} is unknown; built-in: {', '.join(task_names())}, or 'package.module:Class' / "
            "'/path/to/file.py:Class' for your own")
-    _check(":" in rw.fn, "reward.fn", f"expected 'package.module:fn' or '/path/file.py:fn', got {rw.fn!r}")
+    from cispo.reward.loader import RewardLoadError, load_reward_fn
+
+    try:  # the reward workers load it again; a typo fails here, before any actor starts
+        load_reward_fn(rw.fn)
+    except RewardLoadError as e:
+        raise ConfigError(str(e)) from e
     _check(rw.timeout_s > 0, "reward.timeout_s", "must be > 0")
     _check(0 <= rw.max_error_fraction <= 1, "reward.max_error_fraction", "must be in [0, 1]")
     _check(cfg.logger.mode in ("auto", "offline", "online", "disabled"), "logger.mode",
            f"must be auto, offline, online or disabled, got {cfg.logger.mode!r}")
+    if cfg.ray.address is None and cfg.ray.num_cpus is not None:  # a local Ray of a fixed size: would it fit?
+        ranks, engines = l.world_size * l.num_cpus_per_rank, r.num_workers * r.num_cpus_per_worker
+        _check(ranks + engines <= cfg.ray.num_cpus, "ray.num_cpus",
+               f"the job's actors reserve {ranks + engines:g} CPUs ({l.world_size} learner ranks x "
+               f"learner.num_cpus_per_rank={l.num_cpus_per_rank:g} + {r.num_workers} rollout engines x "
+               f"rollout.num_cpus_per_worker={r.num_cpus_per_worker:g}) but ray.num_cpus={cfg.ray.num_cpus}: "
+               "they would wait for each other forever. Leave ray.num_cpus null (logical CPUs are time-shared) "
+               "or shrink the job")
     _check(tr.steps >= 1, "trainer.steps", "must be >= 1")
     _check(tr.sft_steps >= 0, "trainer.sft_steps", "must be >= 0")
     _check(tr.max_staleness >= 0, "trainer.max_staleness", "must be >= 0")

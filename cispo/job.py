@@ -64,8 +64,8 @@ class Job:
         self.cfg, self.learner_restarts = cfg, learner_restarts
         self.out = Path(cfg.trainer.output_dir).resolve()
         self.out.mkdir(parents=True, exist_ok=True)
+        self.task = make_task(cfg.task)  # before Ray: a bad dataset or task fails at once
         connect_ray(cfg)
-        self.task = make_task(cfg.task)
         self.state = TrainState()
         resume = resume_mode(cfg.trainer.resume)
         resumed = latest_checkpoint(self.out) if resume != "false" else None
@@ -269,6 +269,7 @@ class Job:
             "reward_last10": round(statistics.fmean(rewards_per_step[-10:]), 4) if rewards_per_step else float("nan"),
             "samples_per_s": round(samples / seconds, 2) if seconds else 0.0,
         }
+        self.tracker.close_bar()
         print(f"W&B run ({self.tracker.mode}): {self.tracker.location}")
         print(f"checkpoint: {checkpoint / 'hf'}")
         print(f"eval greedy reward: {final_eval['eval/greedy_reward']:.3f}")

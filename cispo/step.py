@@ -60,6 +60,11 @@ class StepBook:
                                    min_corr=job.cfg.algo.mismatch_alarm)
             if alarm:
                 job.tracker.alert("train/inference mismatch", alarm)
+        failed = [s for s in samples if not s.trainable]
+        if failed:  # masked from the loss and counted: said on the console too, once per step
+            example = (failed[0].reward_error or f"reward {failed[0].reward}").strip().splitlines()[-1]
+            job.tracker.alert("reward errors", f"step {step + 1}: {len(failed)} of {len(samples)} samples could not "
+                                               f"be scored and are masked; e.g. {example}")
         metrics.update(self.curriculum.step(metrics))
         job.source.params = job.sampling_params()  # the curriculum's cap from now on
         self.trained_log.record(job.state.step, taken.prompt_indices, samples)

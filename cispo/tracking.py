@@ -39,8 +39,13 @@ class Tracker:
             self.run = wandb.init(project=cfg.logger.project, dir=str(out), mode=self.mode,
                                   config=asdict(cfg), resume="allow", id=_run_id(out),
                                   settings=wandb.Settings(console="off", silent=True))
-        # The same metrics as JSON lines, for scripts and tests that read a run without W&B.
-        self.metrics_file = open(Path(cfg.trainer.output_dir) / "metrics.jsonl", "a")
+        # The same metrics as JSON lines, for scripts and tests that read a run without W&B. A resumed
+        # job trains the steps after its checkpoint again: their earlier lines go, so each step is there once.
+        path = Path(cfg.trainer.output_dir) / "metrics.jsonl"
+        if start_step > 0 and path.exists():
+            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= start_step]
+            path.write_text("".join(line + "\n" for line in kept))
+        self.metrics_file = open(path, "a")
         self.bar = tqdm(total=total_steps, initial=start_step, desc="cispo", unit="step",
                         disable=not cfg.logger.progress_bar, dynamic_ncols=True)
 
@@ -73,15 +78,20 @@ class Tracker:
             return
         import wandb
 
-        table = wandb.Table(columns=["step", "prompt", "response", "reward", "finish", "error"])
+        table = wandb.Table(columns=["step", "prompt", "response", "reward", "details", "finish", "error"])
         for s in samples[: self.cfg.logger.table_rows]:
-            table.add_data(step, s.prompt_text, s.response_text, s.reward, s.finish_reason, s.reward_error or "")
+            table.add_data(step, s.prompt_text, s.response_text, s.reward, json.dumps(s.reward_details, default=str),
+                           s.finish_reason, s.reward_error or "")
         self.run.log({"samples": table}, step=step)
 
     def alert(self, title: str, text: str) -> None:
         tqdm.write(f"WARNING: {title}: {text}")
         if self.run is not None and self.mode == "online":
             self.run.alert(title=title, text=text)
+
+    def close_bar(self) -> None:
+        """Before the job's last lines, so the bar is not drawn again after them."""
+        self.bar.close()
 
     def finish(self) -> None:
         self.bar.close()

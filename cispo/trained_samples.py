@@ -1,10 +1,11 @@
 """The record of what each learner step trained on: `output_dir/trained_samples.jsonl`.
 
 One line per RL step: the step, the sample ids, the policy version that sampled
-each (with partial rollouts the oldest, and the version of each token span), and
-the prompt indices. Both drivers write it, so "every sample trained at
-most once, none lost without being counted" and the staleness bound can be checked
-from the run itself, across resumes and restarts. A resumed job keeps the lines up
+each (with partial rollouts the oldest, and the version of each token span), the
+prompt indices, and each sample's reward with the details its reward function
+returned. Both drivers write it, so "every sample trained at most once, none lost
+without being counted" and the staleness bound can be checked from the run itself,
+across resumes and restarts. A resumed job keeps the lines up
 to its checkpoint's step: the steps after it are trained again from the checkpoint.
 """
 
@@ -30,11 +31,16 @@ class TrainedSamplesLog:
 
     def record(self, step: int, prompt_indices: list[int], samples: list[Sample]) -> None:
         """Step `step` (the version it produced) trained `samples` of the prompts `prompt_indices`."""
-        self.file.write(json.dumps({"step": step, "learner_step": step - 1, "prompt_indices": prompt_indices,
-                                    "sample_ids": [s.sample_id for s in samples],
-                                    "policy_versions": [s.policy_version for s in samples],
-                                    # Partial rollouts: [[version, tokens], ...] per sample; [] = all by policy_version.
-                                    "version_spans": [s.version_spans for s in samples]}) + "\n")
+        record = {"step": step, "learner_step": step - 1, "prompt_indices": prompt_indices,
+                  "sample_ids": [s.sample_id for s in samples],
+                  "policy_versions": [s.policy_version for s in samples],
+                  "rewards": [s.reward for s in samples],
+                  # What the reward returned beside its score, and a failed scoring's error.
+                  "reward_details": [s.reward_details for s in samples],
+                  "reward_errors": [s.reward_error for s in samples],
+                  # Partial rollouts: [[version, tokens], ...] per sample; [] = all by policy_version.
+                  "version_spans": [s.version_spans for s in samples]}
+        self.file.write(json.dumps(record, default=str) + "\n")
         self.file.flush()
 
     def close(self) -> None:

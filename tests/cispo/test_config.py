@@ -81,9 +81,36 @@ def test_cli_prints_the_resolved_config():
     ("algo.nope=1", "algo.nope"),  # unknown key
     ("model.num_heads=8", "head_dim"),  # a rule across fields, checked by validate
     ("model=qwen2_tiny", "rollout=vllm"),  # the dense policy without its engine
+    ("+trainer.stepz=5", "trainer.stepz: no such key"),  # Hydra's own hint, '+', must not lose the typo
+    ("algo.loss=foo", "algo.loss: unknown policy loss 'foo'; known: cispo"),
+    ("reward.fn=/nonexistent/r.py:fn", "reward.fn='/nonexistent/r.py:fn': no file"),
+    ("reward.fn=cispo.reward.builtin:nofn", "has no 'nofn'"),
+    ("model.path=/some/missing/dir", "model.path: /some/missing/dir does not exist"),
+    ("task.name=nosuchtask", "task.name: 'nosuchtask' is unknown"),
+    ("learner.world_size=4 ray.num_cpus=2", "reserve 5 CPUs (4 learner ranks"),  # hung for good before
 ])
 def test_cli_rejects_a_bad_config_fast_naming_the_key(override, named):
-    res, seconds = run_cli(override)
+    res, seconds = run_cli(*override.split())
     assert res.returncode != 0
     assert named in res.stderr, res.stderr
     assert seconds < 30, f"{seconds:.1f} s: a bad config must fail before anything starts"
+
+
+def test_open_dicts_take_new_keys_with_plus():
+    res, _ = run_cli("--cfg", "job", "+rollout.resources.rollout_node=1", "+task.args.level=3")
+    assert res.returncode == 0, res.stderr
+    printed = yaml.safe_load(res.stdout)
+    assert printed["rollout"]["resources"] == {"rollout_node": 1.0} and printed["task"]["args"] == {"level": 3}
+
+
+def test_resume_says_what_it_finds_before_anything_starts(tmp_path):
+    """true with no checkpoint, or a checkpoint already at trainer.steps, is an error before Ray starts."""
+    out = tmp_path / "run"
+    res, seconds = run_cli("trainer.resume=true", f"trainer.output_dir={out}")
+    assert res.returncode == 2 and "trainer.resume=true: no complete checkpoint" in res.stderr and seconds < 30
+    checkpoint = out / "checkpoints" / "step_000075"  # the layout cispo.checkpoint writes; its state says step 75
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text('{"step": 75, "version": 75, "next_prompt": 1200}')
+    res, seconds = run_cli("trainer.resume=true", "trainer.steps=50", f"trainer.output_dir={out}")
+    assert res.returncode == 2 and "trainer.steps=50: the checkpoint to resume" in res.stderr
+    assert "at step 75 already" in res.stderr and seconds < 30

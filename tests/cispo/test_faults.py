@@ -92,7 +92,6 @@ def test_learner_killed_mid_run_restarts_the_job_from_its_last_checkpoint(ray_se
     assert result["optimizer_steps"] == cfg.trainer.sft_steps + 4  # the optimizer state of step 2 came back
 
     steps = check_trained_once(cfg)
-    logged = [m["step"] for m in steps]
-    # Killed in step 4, or (a step can be quicker than the kill) once it was logged: steps 3 and 4 again.
-    assert logged in ([1, 2, 3, 3, 4], [1, 2, 3, 4, 3, 4]), logged
+    # Steps 3 (and 4) were trained again from the step-2 checkpoint; metrics.jsonl keeps each step once.
+    assert [m["step"] for m in steps] == [1, 2, 3, 4]
     assert steps[-1]["faults/learner_restarts"] == 1

@@ -133,3 +133,24 @@ def test_engines_that_cannot_load_name_the_checkpoint(ray_session, tmp_path):
     with pytest.raises(RolloutError, match=f"did not start: an engine died while loading {missing}"):
         EngineGroup(EngineSpec("builtin", str(missing), 1.0, 0.0, {}), num_workers=1, generate_timeout_s=60,
                      push_timeout_s=60, start_timeout_s=120)
+
+
+@pytest.mark.slow
+def test_failed_scorings_are_masked_counted_said_on_the_console_and_extra_fields_kept(ray_session, job_config,
+                                                                                      capsys):
+    user_rewards = Path(__file__).parents[1] / "reward" / "user_rewards.py"
+    cfg = job_config(model__arch="minimax", model__num_layers=4, model__softmax_every=4, model__intermediate_size=256,
+                     rollout__engine="builtin", reward__fn=f"{user_rewards}:sometimes_nan_reward",
+                     reward__max_error_fraction=1.0)
+    train(cfg)
+    steps = [m for m in read_metrics(cfg.trainer.output_dir) if "reward/mean" in m]
+    assert all(m["reward/errors"] > 0 for m in steps)
+    console = capsys.readouterr()
+    for m in steps:
+        assert (f"WARNING: reward errors: step {m['step']}: {int(m['reward/errors'])} of "
+                f"{cfg.rollout.prompts_per_step * cfg.algo.group_size} samples could not be scored") in console.err + console.out
+    records = read_jsonl(Path(cfg.trainer.output_dir) / TRAINED_SAMPLES_FILE)
+    details = [d for r in records for d in r["reward_details"]]
+    assert any("len" in d for d in details)  # the reward's extra field, kept with its sample
+    assert sum(e is not None for r in records for e in r["reward_errors"]) == sum(m["reward/errors"] for m in steps)
+    assert console.out.strip().splitlines()[-1].startswith("summary: steps=2")  # the console's last line

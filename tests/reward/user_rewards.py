@@ -27,6 +27,13 @@ def nan_reward(prompt, response, metadata):
     return math.nan
 
 
+def sometimes_nan_reward(prompt, response, metadata):
+    """The addition reward with an extra field, NaN for every third prompt (by its first operand)."""
+    if int(prompt.split("+")[0]) % 3 == 0:
+        return math.nan
+    return {"score": float(response.strip() == metadata["answer"]), "len": len(response)}
+
+
 def none_reward(prompt, response, metadata):
     return None
 
