@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.config_store import ConfigStore
@@ -11,6 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 from cispo.config import Config, ConfigError, unknown_keys, validate
 
 ConfigStore.instance().store(name="config_schema", node=Config)
+log = logging.getLogger(__name__)
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def check_resume(cfg: Config) -> None:
@@ -45,7 +50,41 @@ def _main(dict_cfg: DictConfig) -> None:
     # Imported after validation: a bad config fails before Ray starts.
     from cispo.supervise import run_job
 
-    run_job(cfg)
+    try:
+        run_job(cfg)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted. {resume_hint(cfg)}", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - every failure ends here: one clean paragraph, the traceback in the log
+        log.error("the job failed", exc_info=True)  # Hydra's file handler: output_dir/cli.log
+        print(f"\nerror: {failure(e)}\nfull traceback: {Path(cfg.trainer.output_dir) / 'cli.log'}\n"
+              f"{resume_hint(cfg)}", file=sys.stderr)
+        sys.exit(1)
+
+
+def failure(error: BaseException) -> str:
+    """An error as a person reads it: the underlying cause of a Ray actor's error, where it was raised,
+    without Ray's chained tracebacks and colour codes."""
+    import ray.exceptions
+
+    where = ""
+    if isinstance(error, ray.exceptions.RayTaskError):
+        where = f" (raised in {error.function_name}, process {error.pid})"
+        error = error.cause
+    text = ANSI.sub("", str(error)).strip()
+    if isinstance(error, ray.exceptions.RayActorError):
+        text = text.splitlines()[0] if text else "an actor died"
+    return f"{type(error).__name__}{where}: {text}"
+
+
+def resume_hint(cfg: Config) -> str:
+    from cispo.checkpoint import latest_checkpoint
+
+    found = latest_checkpoint(cfg.trainer.output_dir)
+    if found is None:
+        return "No checkpoint was written."
+    return (f"Last checkpoint: {found[0]} (step {found[1].step}); continue with the same command plus "
+            "trainer.resume=true.")
 
 
 def main() -> None:

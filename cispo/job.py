@@ -8,6 +8,7 @@ written once; they differ only in when they ask the rollout source for groups.
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import os
 import shutil
@@ -17,6 +18,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import ray
+from tqdm import tqdm
 
 from cispo.algo.controls import has_signal
 from cispo.algo.diagnostics import pass_at_k
@@ -45,6 +47,9 @@ def connect_ray(cfg: Config) -> None:
         # On a cluster the job's own runtime_env (`ray job submit --runtime-env-json`) governs.
         ray.init(address=cfg.ray.address, log_to_driver=False)
     else:
+        # Ray turns token authentication on for a local cluster and warns about it on every run; the
+        # warning is for clusters (README: "Submitting to a Ray cluster"), so a local job mutes it.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         # A local Ray's actors get the driver's W&B, DeepSpeed and vLLM settings.
         runtime_env = {"env_vars": {k: v for k, v in os.environ.items() if k.startswith(("WANDB_", "DS_", "VLLM_"))}}
         ray.init(num_cpus=cfg.ray.num_cpus or max(os.cpu_count() or 1, math.ceil(cpus_needed(cfg))),
@@ -193,7 +198,8 @@ class Job:
         if self.resumed or tc.sft_steps == 0:
             return
         losses, pairs = [], self._reference_pairs()
-        for _ in range(tc.sft_steps):
+        for _ in tqdm(range(tc.sft_steps), desc="warm-up (supervised)", unit="step", dynamic_ncols=True,
+                      disable=not self.cfg.logger.progress_bar):
             prompts, answers = zip(*(next(pairs) for _ in range(tc.sft_batch_size)))
             losses.append(self.learner.sft_step(sft_batch(list(prompts), list(answers), self.tokenizer.pad_token_id),
                                                 tc.sft_lr)["sft_loss"])

@@ -46,8 +46,9 @@ class Tracker:
             kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= start_step]
             path.write_text("".join(line + "\n" for line in kept))
         self.metrics_file = open(path, "a")
-        self.bar = tqdm(total=total_steps, initial=start_step, desc="cispo", unit="step",
-                        disable=not cfg.logger.progress_bar, dynamic_ncols=True)
+        self._bar_args = dict(total=total_steps, initial=start_step, desc="RL", unit="step",
+                              disable=not cfg.logger.progress_bar, dynamic_ncols=True)
+        self.bar: tqdm | None = None  # drawn from the first RL step on, after the warm-up's own bar
 
     @property
     def location(self) -> str:
@@ -62,6 +63,8 @@ class Tracker:
         self.metrics_file.flush()
         if not advance:
             return
+        if self.bar is None:
+            self.bar = tqdm(**self._bar_args)
         self.bar.update(1)
         self.bar.set_postfix({k.split("/")[-1]: f"{metrics[k]:.3f}" for k in
                               ("reward/mean", "learner/loss", "perf/samples_per_s") if k in metrics})
@@ -91,10 +94,11 @@ class Tracker:
 
     def close_bar(self) -> None:
         """Before the job's last lines, so the bar is not drawn again after them."""
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
     def finish(self) -> None:
-        self.bar.close()
+        self.close_bar()
         self.metrics_file.close()
         if self.run is not None:
             self.run.finish()
