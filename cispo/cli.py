@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import logging
 import re
 import sys
+import traceback
 from pathlib import Path
 
 import hydra
@@ -14,7 +14,6 @@ from omegaconf import DictConfig, OmegaConf
 from cispo.config import Config, ConfigError, unknown_keys, validate
 
 ConfigStore.instance().store(name="config_schema", node=Config)
-log = logging.getLogger(__name__)
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -56,7 +55,8 @@ def _main(dict_cfg: DictConfig) -> None:
         print(f"\ninterrupted. {resume_hint(cfg)}", file=sys.stderr)
         sys.exit(130)
     except Exception as e:  # noqa: BLE001 - every failure ends here: one clean paragraph, the traceback in the log
-        log.error("the job failed", exc_info=True)  # Hydra's file handler: output_dir/cli.log
+        with open(Path(cfg.trainer.output_dir) / "cli.log", "a") as job_log:  # the job's log, not the console
+            traceback.print_exc(file=job_log)
         print(f"\nerror: {failure(e)}\nfull traceback: {Path(cfg.trainer.output_dir) / 'cli.log'}\n"
               f"{resume_hint(cfg)}", file=sys.stderr)
         sys.exit(1)

@@ -88,13 +88,15 @@ class Job:
         self.tokenizer = AutoTokenizer.from_pretrained(str(policy_dir))
         t = cfg.task
         self.encoder = PromptEncoder(self.tokenizer, chat_template=t.chat_template, system_prompt=t.system_prompt)
+        longest_response = max(cfg.algo.curriculum_caps or [cfg.rollout.max_new_tokens])
         # A prompt must leave room for the longest response the job samples.
-        room = cfg.model.max_position_embeddings - max(cfg.algo.curriculum_caps or [cfg.rollout.max_new_tokens])
+        room = cfg.model.max_position_embeddings - longest_response
         self.overlong = OverlongPrompts(t.overlong_prompt, room)
-        self.eval_rows, self.eval_prompt_ids = eval_rows_that_fit(
-            self.task, self.encoder, OverlongPrompts(t.overlong_prompt, room, "data/dropped_eval_rows"))
+        rows, ids = eval_rows_that_fit(self.task, self.encoder,
+                                       OverlongPrompts(t.overlong_prompt, room, "data/dropped_eval_rows"))
+        self.eval_prompts = [self.prompt(row, row_ids) for row, row_ids in zip(rows, ids)]  # encoded once
         # Dr.GRPO's constant is the largest response cap the job samples with: one constant for the run.
-        self.loss = resolve_loss(cfg.algo, max(cfg.algo.curriculum_caps or [cfg.rollout.max_new_tokens]))
+        self.loss = resolve_loss(cfg.algo, longest_response)
         with ExitStack() as started:  # a part that fails to start stops the actors started before it
             self.learner = LearnerGroup(cfg, str(policy_dir), self.loss)
             started.callback(self.learner.shutdown)
@@ -228,12 +230,11 @@ class Job:
         al. 2021) for k = 1, 2, 4, ..., n. A response passes as in training: the reward's
         `pass` detail, else a score of 1. Failed scorings count in eval/errors, never as passes."""
         n = self.cfg.trainer.eval_samples
-        rows = self.eval_rows
-        greedy = self._eval_results(rows, self.sampling_params(n=1, temperature=0.0))
+        greedy = self._eval_results(self.sampling_params(n=1, temperature=0.0))
         scores = [res.score for per_row in greedy for res in per_row if res.error is None]
-        out = {"eval/greedy_reward": sum(scores) / max(len(scores), 1), "eval/errors": len(rows) - len(scores)}
+        out = {"eval/greedy_reward": sum(scores) / max(len(scores), 1), "eval/errors": len(self.eval_prompts) - len(scores)}
         if n:
-            sampled = self._eval_results(rows, self.sampling_params(n=n))
+            sampled = self._eval_results(self.sampling_params(n=n))
             correct = [sum(res.error is None and bool(res.details.get("pass", res.score == 1.0)) for res in per_row)
                        for per_row in sampled]
             for k in sorted({2**i for i in range(n.bit_length()) if 2**i <= n} | {n}):
@@ -241,14 +242,14 @@ class Job:
             out["eval/errors"] += sum(res.error is not None for per_row in sampled for res in per_row)
         return out
 
-    def _eval_results(self, rows, params: SamplingParams) -> list[list]:
+    def _eval_results(self, params: SamplingParams) -> list[list]:
         """Generate `params.n` responses per row and score them: per row, its `RewardResult`s."""
-        prompts = [self.prompt(row, ids) for row, ids in zip(rows, self.eval_prompt_ids)]
+        prompts = self.eval_prompts
         completions = self.rollout.generate([p.ids for p in prompts], params)
         items = [(p.text, self.tokenizer.decode(c.token_ids, skip_special_tokens=True), p.metadata)
                  for p, cs in zip(prompts, completions) for c in cs]
         results = self.rewards.score_items(items)
-        return [results[i * params.n:(i + 1) * params.n] for i in range(len(rows))]
+        return [results[i * params.n:(i + 1) * params.n] for i in range(len(prompts))]
 
     def save(self) -> Path:
         """HF model + tokenizer, DeepSpeed state and the trainer state of the current step, with the

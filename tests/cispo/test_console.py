@@ -25,7 +25,8 @@ def test_a_failed_job_says_the_cause_in_one_paragraph_and_keeps_the_traceback_in
     assert res.returncode == 1
     assert "error: RewardFunctionError: reward function" in res.stderr
     assert f"full traceback: {out / 'cli.log'}" in res.stderr and "No checkpoint was written." in res.stderr
-    paragraph = res.stderr.split("error: RewardFunctionError")[1]
+    before, paragraph = res.stderr.split("error: RewardFunctionError")
+    assert "Traceback (most recent call last)" not in before  # the traceback is in the log, not on the console
     assert "cannot score" in paragraph  # the user's function's own error (and its traceback) is the cause shown
     assert "ray/_private" not in paragraph and "cispo/job.py" not in paragraph  # not the job's or Ray's frames
     assert "\x1b[" not in res.stderr  # no colour codes
