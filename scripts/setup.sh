@@ -49,5 +49,17 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   install_python
 fi
 
+# The report's browser test loads a run's report.html in headless Chromium (Debian's package).
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "setup: installing chromium from Debian"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq chromium >/dev/null
+  else
+    echo "setup: chromium is missing (tests/cispo/test_report.py needs it): run 'sudo apt-get install chromium'" >&2
+  fi
+fi
+
 bash scripts/docker_daemon.sh
 "$VENV/bin/cispo-env" build-image --if-missing
