@@ -141,10 +141,23 @@ class LossSpec:
     params: LossParams
 
     def __call__(self, logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                 normalizer: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-        """The loss on one (micro)batch: shapes as in the module docstring; `normalizer` as in `LossParams`."""
+                 normalizer: float | None = None,
+                 token_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss on one (micro)batch: shapes as in the module docstring; `normalizer` as in `LossParams`.
+
+        `token_weights` [B, T] > 0, constant: each token's loss ℓ_it is multiplied by w_it (a rollout
+        correction, `cispo.algo.corrections`). It is applied as the advantage w_it · A_it: every loss
+        here is positively homogeneous in its token's advantage, ℓ(w·A) = w·ℓ(A) for w > 0 (the clipped
+        surrogates' max(-rA, -clip(r)A) included, and the sign of A that decides a clip is kept), so the
+        value and gradient are w·ℓ's, for any loss, and the loss keeps its own ratio π_θ / π_old.
+        """
         fn, _ = get_loss(self.name)
         logp, old_logp, advantages, mask = _check_inputs(logp, old_logp, advantages, mask)
+        if token_weights is not None:
+            if token_weights.shape != logp.shape:
+                raise ValueError(f"token_weights must be [B, T] = {tuple(logp.shape)}; "
+                                 f"got {tuple(token_weights.shape)}")
+            advantages = advantages * token_weights.detach().to(logp.dtype)  # [B, T]
         params = self.params if normalizer is None else dataclasses.replace(self.params, normalizer=normalizer)
         return fn(logp, old_logp, advantages, mask, params)
 

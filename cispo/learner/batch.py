@@ -25,6 +25,8 @@ class TrainBatch:
     # (B, L-1) the sampler's log-probs: equal to old_logp unless the learner recomputed that
     # (`with_old_logp`); the train/inference mismatch metrics always compare these with the learner's.
     sampler_logp: torch.Tensor
+    # (B, L-1) each token's weight on the loss: a rollout correction's (`with_correction`), else 1.
+    token_weights: torch.Tensor
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -34,9 +36,18 @@ class TrainBatch:
         fields = [getattr(self, f.name) for f in dataclasses.fields(self)]
         return [TrainBatch(*parts) for parts in zip(*(torch.tensor_split(t, n) for t in fields))]
 
+    def rows(self, index: torch.Tensor) -> "TrainBatch":
+        """The rows `index` (a mini-batch), in that order."""
+        return TrainBatch(*(getattr(self, f.name)[index] for f in dataclasses.fields(self)))
+
     def with_old_logp(self, old_logp: torch.Tensor) -> "TrainBatch":
         """This batch with the loss's pi_old replaced by `old_logp` (B, L-1) on trained tokens (0 elsewhere)."""
         return dataclasses.replace(self, old_logp=torch.where(self.loss_mask > 0, old_logp, torch.zeros_like(old_logp)))
+
+    def with_correction(self, weights: torch.Tensor, keep: torch.Tensor) -> "TrainBatch":
+        """This batch with a rollout correction applied: `weights` (B, L-1) on each token's loss, and the
+        tokens where `keep` (B, L-1) is 0 taken out of the loss mask, so the loss's normaliser skips them too."""
+        return dataclasses.replace(self, loss_mask=self.loss_mask * keep, token_weights=weights)
 
 
 def make_batch(samples: list[Sample], pad_id: int) -> TrainBatch:
@@ -56,7 +67,8 @@ def make_batch(samples: list[Sample], pad_id: int) -> TrainBatch:
         if s.trainable:
             loss_mask[i, p - 1 : p - 1 + r] = torch.tensor(s.loss_mask, dtype=torch.float32)
     advantages = torch.tensor([s.advantage for s in samples], dtype=torch.float32)
-    return TrainBatch(input_ids, attention_mask, old_logp, loss_mask, advantages, sampler_logp=old_logp.clone())
+    return TrainBatch(input_ids, attention_mask, old_logp, loss_mask, advantages, sampler_logp=old_logp.clone(),
+                      token_weights=torch.ones_like(old_logp))
 
 
 def sft_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> TrainBatch:

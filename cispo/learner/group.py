@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import math
 import socket
+import time
 from collections import Counter
 
 import ray
+import torch
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -18,6 +20,10 @@ from cispo.learner.batch import TrainBatch
 from cispo.config import Config
 from cispo.learner.rank import Learner, merge_rank_metrics
 from cispo.algo.losses import LossSpec, loss_normalizer
+
+
+class LearnerTimeoutError(RuntimeError):
+    """A learner call (a step, a checkpoint's save or load) ran past learner.call_timeout_s."""
 
 
 class LearnerDiedError(RuntimeError):
@@ -35,16 +41,18 @@ class LearnerGroup:
     def __init__(self, cfg: Config, model_dir: str, loss: LossSpec):
         lc = cfg.learner
         self.world_size, self.loss = lc.world_size, loss
-        self.micro_batch_size = lc.micro_batch_size
+        self.micro_batch_size, self.call_timeout_s = lc.micro_batch_size, lc.call_timeout_s
         bundle = {"CPU": lc.num_cpus_per_rank, **({"GPU": lc.num_gpus_per_rank} if lc.num_gpus_per_rank else {}),
                   **lc.resources}
         self.pg = placement_group([bundle] * lc.world_size, strategy="PACK")
+        wait_s = cfg.ray.placement_timeout_s
         try:
-            ray.get(self.pg.ready(), timeout=300)
+            ray.get(self.pg.ready(), timeout=wait_s)
         except ray.exceptions.GetTimeoutError as e:
             remove_placement_group(self.pg)
             raise RuntimeError(f"no room in the Ray cluster for {lc.world_size} learner ranks of {bundle} "
-                               f"within 300 s; free resources: {ray.available_resources()}") from e
+                               f"within ray.placement_timeout_s={wait_s:g} s; free now: "
+                               f"{ray.available_resources()}") from e
         actor = ray.remote(Learner)
         addr, port = ray.get(
             ray.remote(num_cpus=0)(_free_port).options(
@@ -60,36 +68,47 @@ class LearnerGroup:
         ]
 
     def _shards(self, batch: TrainBatch) -> tuple[list[TrainBatch], int]:
-        """One shard per rank, and the micro-batch count every rank uses (DeepSpeed needs it equal)."""
+        """One shard per rank, and the micro-batch count every rank uses (DeepSpeed needs it equal):
+        at most micro_batch_size rows each, unless the smallest shard has fewer rows than that count
+        (a forward of no rows would fail), then one row each there and larger micro-batches elsewhere."""
         if len(batch) < self.world_size:
             raise ValueError(f"a batch of {len(batch)} samples cannot feed learner.world_size={self.world_size} ranks")
         n_micro = math.ceil(math.ceil(len(batch) / self.world_size) / self.micro_batch_size)
-        return batch.chunks(self.world_size), n_micro
+        return batch.chunks(self.world_size), min(n_micro, len(batch) // self.world_size)
 
-    def train_step(self, batch: TrainBatch) -> dict[str, float]:
-        """One optimizer step of the job's loss on the whole batch, split over the ranks."""
-        normalizer = max(loss_normalizer(batch.loss_mask, self.loss.params.loss_agg), 1.0)
-        shards, n_micro = self._shards(batch)
-        results = self._get([r.train_step.remote(s, n_micro, normalizer)
-                             for r, s in zip(self.ranks, shards)])
+    def train_step(self, batch: TrainBatch, mini_batches: list[torch.Tensor] | None = None) -> dict:
+        """The step's optimizer updates, split over the ranks: one per mini-batch (row indices of
+        `batch`, in order), or one on the whole batch. Every rank takes every update on its shard of
+        that mini-batch; each update's loss is divided by the mini-batch's own count (the loss's rule:
+        trained tokens or sequences), so it is that mini-batch's loss whatever the world size."""
+        parts = [batch] if mini_batches is None else [batch.rows(rows) for rows in mini_batches]
+        per_rank: list[list[TrainBatch]] = [[] for _ in self.ranks]
+        n_micro, normalizers = [], []
+        for part in parts:
+            shards, n = self._shards(part)
+            for mine, shard in zip(per_rank, shards):
+                mine.append(shard)
+            n_micro.append(n)
+            normalizers.append(max(loss_normalizer(part.loss_mask, self.loss.params.loss_agg), 1.0))
+        results = self._get([r.train_step.remote(shards, n_micro, normalizers)
+                             for r, shards in zip(self.ranks, per_rank)], "train_step")
         return merge_rank_metrics(results)
 
     def sft_step(self, batch: TrainBatch, lr: float) -> dict[str, float]:
         normalizer = max(float(batch.loss_mask.sum()), 1.0)
         shards, n_micro = self._shards(batch)
-        results = self._get([r.sft_step.remote(s, n_micro, normalizer, lr) for r, s in zip(self.ranks, shards)])
+        results = self._get([r.sft_step.remote(s, n_micro, normalizer, lr) for r, s in zip(self.ranks, shards)],
+                            "sft_step")
         return {"sft_loss": sum(m["sft_loss"] for m in results)}
 
-    def logprobs(self, batch: TrainBatch):
-        import torch
-
+    def logprobs(self, batch: TrainBatch) -> torch.Tensor:
         shards, n_micro = self._shards(batch)
-        return torch.cat(self._get([r.logprobs.remote(s, n_micro) for r, s in zip(self.ranks, shards)]))
+        return torch.cat(self._get([r.logprobs.remote(s, n_micro) for r, s in zip(self.ranks, shards)], "logprobs"))
 
     def weights_ref(self) -> ray.ObjectRef:
         """The full weights, put once in the object store for every engine to fetch."""
         refs = [r.named_weights.remote() for r in self.ranks]
-        self._get(refs[1:])
+        self._get(refs[1:], "named_weights")
         ray.wait(refs[:1], fetch_local=False)
         # Rank 0 still answers, so refs[0] holds weights and not the error of its death, which the
         # engines would report as their own (and be replaced for).
@@ -97,13 +116,13 @@ class LearnerGroup:
         return refs[0]
 
     def save_hf(self, directory: str) -> None:
-        self._get([r.save_hf.remote(directory) for r in self.ranks])
+        self._get([r.save_hf.remote(directory) for r in self.ranks], "save_hf")
 
     def save_checkpoint(self, directory: str, tag: str) -> None:
-        self._get([r.save_checkpoint.remote(directory, tag) for r in self.ranks])
+        self._get([r.save_checkpoint.remote(directory, tag) for r in self.ranks], "save_checkpoint")
 
     def load_checkpoint(self, directory: str, tag: str) -> int:
-        return self._get([r.load_checkpoint.remote(directory, tag) for r in self.ranks])[0]
+        return self._get([r.load_checkpoint.remote(directory, tag) for r in self.ranks], "load_checkpoint")[0]
 
     def use_idle_cores(self) -> list[int]:
         """Let each rank step with all the cores of its node, split between the ranks there.
@@ -112,20 +131,24 @@ class LearnerGroup:
         other, so while the learner steps the rollout and reward workers' cores sit idle (on a
         2-core machine the learner would otherwise use one core of two). Returns each rank's
         thread count."""
-        nodes = self._get([r.node_id.remote() for r in self.ranks])
+        nodes = self._get([r.node_id.remote() for r in self.ranks], "node_id")
         per_node = Counter(nodes)
-        return self._get([r.use_cores.remote(per_node[n]) for r, n in zip(self.ranks, nodes)])
+        return self._get([r.use_cores.remote(per_node[n]) for r, n in zip(self.ranks, nodes)], "use_cores")
 
     def optimizer_steps(self) -> int:
-        return self._get(self.ranks[0].optimizer_steps.remote())
+        return self._get(self.ranks[0].optimizer_steps.remote(), "optimizer_steps")
 
-    @staticmethod
-    def _get(refs):
-        """ray.get that fails as soon as one rank died (the others may wait for it in a collective)."""
+    def _get(self, refs, call: str):
+        """ray.get of the ranks' `call` that fails as soon as one rank died (the others may wait for it in
+        a collective), or when the call runs past learner.call_timeout_s."""
         pending = [refs] if isinstance(refs, ray.ObjectRef) else list(refs)
+        deadline = time.monotonic() + self.call_timeout_s
         try:
             while pending:
-                done, pending = ray.wait(pending, num_returns=1)
+                done, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+                if not done:
+                    raise LearnerTimeoutError(f"the learner's {call} did not finish within learner.call_timeout_s="
+                                              f"{self.call_timeout_s:g} s on {len(pending)} of {self.world_size} ranks")
                 ray.get(done)
             return ray.get(refs)
         except ray.exceptions.RayActorError as e:

@@ -1,11 +1,11 @@
 """One data-parallel learner rank: the policy wrapped by DeepSpeed, behind a narrow interface.
 
-`Learner` is the body of a Ray actor (see `LearnerGroup`). Every rank gets an
-equal shard of the step's batch. Losses are divided by the *global* normaliser
-(the token or sequence count of the whole batch) times world_size, because
-DeepSpeed averages gradients over ranks: the sum of rank gradients is then
-exactly the gradient of the full-batch loss, so 1 rank and N ranks take the same
-step.
+`Learner` is the body of a Ray actor (see `LearnerGroup`). A step takes one optimizer
+update per mini-batch, and every rank gets an equal shard of each mini-batch. Losses
+are divided by the *global* normaliser (the token or sequence count of the whole
+mini-batch) times world_size, because DeepSpeed averages gradients over ranks: the sum
+of rank gradients is then exactly the gradient of the mini-batch's loss, so 1 rank and
+N ranks take the same updates.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from cispo.learner.batch import TrainBatch
 from cispo.config import LearnerConfig
 from cispo.algo.diagnostics import mismatch_sums
-from cispo.algo.losses import LossSpec, entropy_from_logits
+from cispo.algo.losses import MAX_LOG_RATIO, LossSpec, entropy_from_logits
 from cispo.policy import save_hf_checkpoint
 
 
@@ -93,51 +93,62 @@ class Learner:
 
     # ------------------------------------------------------------------ training
 
-    def _set_micro_batches(self, n: int) -> None:
+    def _micro_batches(self, shard: TrainBatch, n: int) -> Iterator[TrainBatch]:
+        """`shard` in `n` micro-batches, the optimizer stepping after the last. The boundary is set
+        explicitly: DeepSpeed otherwise finds it from a micro-step count kept across calls, which a
+        change of `n` (mini-batches of unequal sizes, the warm-up then RL) puts out of step, so an
+        update would take part of the next one's gradient."""
         self.model.set_train_batch_size(n * self.world_size)
+        for i, mb in enumerate(shard.chunks(n)):
+            self.model.set_gradient_accumulation_boundary(i == n - 1)
+            yield mb
 
-    def train_step(self, shard: TrainBatch, n_micro: int, normalizer: float) -> dict[str, float]:
-        """One optimizer step on this rank's shard; `normalizer` is the whole batch's count.
+    def train_step(self, shards: list[TrainBatch], n_micro: list[int], normalizers: list[float]) -> dict:
+        """One optimizer update per shard, in order: shard u is this rank's part of the step's mini-batch u,
+        `normalizers[u]` that whole mini-batch's count (the loss's rule) and `n_micro[u]` its micro-batches.
 
-        Returns token-weighted sums (`*_sum`, with `tokens`) so the group can merge ranks
-        exactly, plus the sufficient statistics of sampler-vs-learner token probabilities.
+        Returns token-weighted sums (`*_sum`, with `tokens`) over every update so the group can merge ranks
+        exactly; the sufficient statistics of sampler-vs-learner token probabilities of the first update
+        (the weights the sampler had, in the synchronous driver); and per update the IS-ratio sums
+        `is_sums` (n, Σr, Σr², Σ|r-1|) of r = π_θ/π_old, which show how far the later updates are off-policy.
         """
-        micro = shard.chunks(n_micro)
-        self._set_micro_batches(n_micro)
         self.model.train()
-        sums: dict[str, float] = {}
-        for mb in micro:
-            logits = self._logits(mb)
-            logp = self._target_logp(logits, mb)
-            # DeepSpeed averages gradients over ranks: dividing by normalizer / world_size makes
-            # the averaged gradient that of the whole batch's loss.
-            loss, metrics = self.loss(logp, mb.old_logp, mb.advantages, mb.loss_mask,
-                                      normalizer=normalizer / self.world_size)
-            if self.packed:  # MoE load balancing, averaged over the step's micro-batches
-                loss = loss + self.aux_loss_coef * self._aux_loss / n_micro
-            self.model.backward(loss, scale_wrt_gas=False)
-            self.model.step()
-            with torch.no_grad():
-                tokens = float(mb.loss_mask.sum())
-                metrics["entropy"] = float((entropy_from_logits(logits) * mb.loss_mask).sum()) / max(tokens, 1.0)
-                accumulate_metrics(sums, metrics, tokens)
-                _add(sums, {"tokens": tokens})
-                mismatch = mismatch_sums(mb.sampler_logp, logp, mb.loss_mask).tolist()
-                sums["mismatch_sums"] = [a + b for a, b in zip(sums.get("mismatch_sums", [0.0] * 7), mismatch)]
-                # Summed over micro-batches and ranks this is exactly the full-batch loss.
-                _add(sums, {"loss": float(loss) / self.world_size})
-        sums["grad_norm"] = float(self.model.get_global_grad_norm() or 0.0)
+        sums: dict = {"is_sums": []}
+        for u, (shard, n, normalizer) in enumerate(zip(shards, n_micro, normalizers)):
+            is_sums = torch.zeros(4, dtype=torch.float64)
+            for mb in self._micro_batches(shard, n):
+                logits = self._logits(mb)
+                logp = self._target_logp(logits, mb)
+                # DeepSpeed averages gradients over ranks: dividing by normalizer / world_size makes
+                # the averaged gradient that of the whole mini-batch's loss.
+                loss, metrics = self.loss(logp, mb.old_logp, mb.advantages, mb.loss_mask,
+                                          normalizer=normalizer / self.world_size, token_weights=mb.token_weights)
+                if self.packed:  # MoE load balancing, averaged over the update's micro-batches
+                    loss = loss + self.aux_loss_coef * self._aux_loss / n
+                self.model.backward(loss, scale_wrt_gas=False)
+                self.model.step()
+                with torch.no_grad():
+                    tokens = float(mb.loss_mask.sum())
+                    metrics["entropy"] = float((entropy_from_logits(logits) * mb.loss_mask).sum()) / max(tokens, 1.0)
+                    accumulate_metrics(sums, metrics, tokens)
+                    _add(sums, {"tokens": tokens})
+                    if u == 0:
+                        mismatch = mismatch_sums(mb.sampler_logp, logp, mb.loss_mask).tolist()
+                        sums["mismatch_sums"] = [a + b for a, b in zip(sums.get("mismatch_sums", [0.0] * 7), mismatch)]
+                    is_sums += is_weight_sums(logp, mb.old_logp, mb.loss_mask)
+                    # Summed over micro-batches and ranks this is exactly the mini-batch's loss; the mean over updates.
+                    _add(sums, {"loss": float(loss) / self.world_size / len(shards)})
+            sums["is_sums"].append(is_sums.tolist())
+            _add(sums, {"grad_norm": float(self.model.get_global_grad_norm() or 0.0) / len(shards)})
         return sums
 
     def sft_step(self, shard: TrainBatch, n_micro: int, normalizer: float, lr: float) -> dict[str, float]:
         """One supervised step: mean NLL of the reference response tokens."""
-        micro = shard.chunks(n_micro)
-        self._set_micro_batches(n_micro)
         self.model.train()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         total = 0.0
-        for mb in micro:
+        for mb in self._micro_batches(shard, n_micro):
             logp = self._target_logp(self._logits(mb), mb)
             loss = -(logp * mb.loss_mask).sum() / (normalizer / self.world_size)
             self.model.backward(loss, scale_wrt_gas=False)
@@ -237,12 +248,21 @@ def merge_rank_metrics(per_rank: list[dict[str, float]]) -> dict[str, float]:
         elif key.endswith("_max"):
             out[key] = max(values)
         elif key == "grad_norm":
-            out[key] = values[0]  # the global norm: the same on every rank
+            out[key] = values[0]  # the global norm (its mean over updates): the same on every rank
         elif key == "mismatch_sums":
             out[key] = [sum(col) for col in zip(*values)]
+        elif key == "is_sums":  # per update
+            out[key] = [[sum(col) for col in zip(*rows)] for rows in zip(*values)]
         else:
             out[key] = sum(values)
     return out
+
+
+def is_weight_sums(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(n, Σr, Σr², Σ|r-1|) of r = exp(logp - old_logp) over trained tokens: [4] float64, summable."""
+    r = (logp.detach() - old_logp)[mask > 0].double().clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO).exp()
+    n = torch.tensor(float(r.numel()), dtype=torch.float64)
+    return torch.stack([n, r.sum(), (r * r).sum(), (r - 1).abs().sum()])
 
 
 def _add(into: dict[str, float], values: dict[str, float]) -> None:

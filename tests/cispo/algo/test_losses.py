@@ -54,9 +54,14 @@ def clip(x, lo, hi):
     return min(max(x, lo), hi)
 
 
-def reference_loss(name, logp, old_logp, adv, mask, agg, p):
-    """Σ_{i,t trained} weight_it · ℓ_it, with ℓ written from the papers' formulas."""
+def reference_loss(name, logp, old_logp, adv, mask, agg, p, w=None):
+    """Σ_{i,t trained} weight_it · w_it · ℓ_it, with ℓ written from the papers' formulas and w an
+    optional per-token factor (a rollout correction's weight; 1 when None)."""
     total = logp.new_zeros(())
+
+    def w_at(i, t):
+        return 1.0 if w is None else float(w[i, t])
+
     b, t_len = logp.shape
     if name == "gspo":
         # Sequence-level objective: L_i = max(-s_i A_i, -clip(s_i) A_i), s_i the geometric
@@ -67,7 +72,7 @@ def reference_loss(name, logp, old_logp, adv, mask, agg, p):
             a = float(adv[i])
             seq_loss = torch.maximum(-s * a, -s.clamp(1 - p["clip_low"], 1 + p["clip_high"]) * a)
             # Σ_t weight_it · ℓ_it with ℓ_it = L_i in value and ∇ℓ_it = |o_i| ∂L_i/∂logp_it.
-            total = total + seq_loss * sum(agg_weight(mask, agg, i, t) for t in toks)
+            total = total + seq_loss * sum(agg_weight(mask, agg, i, t) * w_at(i, t) for t in toks)
         return total
     for i in range(b):
         for t in range(t_len):
@@ -90,7 +95,7 @@ def reference_loss(name, logp, old_logp, adv, mask, agg, p):
                 tok = -r_val * a * logp[i, t]
             else:
                 raise AssertionError(name)
-            total = total + agg_weight(mask, agg, i, t) * tok
+            total = total + agg_weight(mask, agg, i, t) * w_at(i, t) * tok
     return total
 
 
@@ -117,6 +122,25 @@ def test_value_and_gradient_match_reference(name, agg, per_token_adv):
     torch.testing.assert_close(loss, ref, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(grad_of(loss, logp), grad_of(ref, logp), rtol=1e-10, atol=1e-12)
     assert all(isinstance(v, float) for v in metrics.values())
+
+
+# GSPO's reference is its sequence objective: a weight may vary between sequences only.
+WEIGHTED = [(name, per_seq) for name in loss_names() for per_seq in (False, True) if per_seq or name != "gspo"]
+
+
+@pytest.mark.parametrize("agg", ["token_mean", "seq_mean_token_mean"])
+@pytest.mark.parametrize(("name", "per_sequence"), WEIGHTED)
+def test_token_weights_multiply_each_tokens_loss(name, per_sequence, agg):
+    """A rollout correction's weights scale every token's loss (value and gradient), for any loss."""
+    logp, old_logp, adv, mask = make_batch(seed=2)
+    g = torch.Generator().manual_seed(9)
+    w = torch.rand(4, 1 if per_sequence else 6, generator=g, dtype=torch.float64).expand(4, 6) * 2 + 0.05
+    loss, _ = losses.loss_spec(name, loss_agg=agg, **PARAMS)(logp, old_logp, adv, mask, token_weights=w)
+    ref = reference_loss(name, logp, old_logp, adv, mask, agg, PARAMS, w=w)
+    unweighted = reference_loss(name, logp, old_logp, adv, mask, agg, PARAMS)
+    assert not torch.isclose(ref, unweighted)  # the weights matter on this data
+    torch.testing.assert_close(loss, ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad_of(loss, logp), grad_of(ref, logp), rtol=1e-10, atol=1e-12)
 
 
 def test_every_registered_loss_is_covered_by_the_reference_test():
