@@ -23,7 +23,8 @@ class StepBook:
         self.job = job
         self.curriculum = JobCurriculum(job.cfg, job.state)
         job.source.params = job.sampling_params()  # at the curriculum stage's cap
-        self.trained_log = TrainedSamplesLog(job.out, job.state.step if job.resumed else None)
+        self.trained_log = TrainedSamplesLog(job.out, job.state.step if job.resumed else None,
+                                             lambda ids: job.tokenizer.batch_decode([[i] for i in ids]))
         self.rewards_per_step: list[float] = []
         self.samples, self.seconds = 0, 0.0
 
@@ -67,7 +68,8 @@ class StepBook:
                                                f"be scored and are masked; e.g. {example}")
         metrics.update(self.curriculum.step(metrics))
         job.source.params = job.sampling_params()  # the curriculum's cap from now on
-        self.trained_log.record(job.state.step, taken.prompt_indices, samples)
+        shown = job.cfg.logger.table_rows if step % job.cfg.logger.table_every == 0 else 0  # as the W&B table
+        self.trained_log.record(job.state.step, taken.prompt_indices, samples, shown)
         if tc.eval_every and job.state.step % tc.eval_every == 0:
             metrics.update(job.evaluate())
         job.tracker.log(job.state.step, metrics)
@@ -75,6 +77,7 @@ class StepBook:
             job.tracker.log_samples(job.state.step, samples)
         if tc.save_every and job.state.step % tc.save_every == 0 and job.state.step < tc.steps:
             job.save()
+            job.write_report()
         self.rewards_per_step.append(metrics["reward/mean"])
         self.samples, self.seconds = self.samples + len(samples), self.seconds + step_s
 
@@ -90,6 +93,21 @@ class StepBook:
 
     def __exit__(self, *exc) -> None:
         self.trained_log.close()
+
+
+def episode_metrics(episodes: list[dict]) -> dict[str, float]:
+    """Per-episode means of an agent's turns, tool calls (by tool), malformed calls, tool timeouts and
+    seconds (sandbox start, turns, grading), and how often it submitted (`cispo.envs.agent`)."""
+    n = len(episodes)
+    out = {"env/turns_mean": sum(e["turns"] for e in episodes) / n,
+           "env/submit_rate": sum(bool(e["submitted"]) for e in episodes) / n,
+           "env/malformed_calls_mean": sum(e["malformed_calls"] for e in episodes) / n,
+           "env/tool_timeouts_mean": sum(e["tool_timeouts"] for e in episodes) / n}
+    for tool in sorted({name for e in episodes for name in e["tool_calls"]}):
+        out[f"env/tool_calls_{tool}_mean"] = sum(e["tool_calls"].get(tool, 0) for e in episodes) / n
+    for part in ("sandbox", "turns", "grade"):
+        out[f"env/{part}_s_mean"] = sum(e.get(f"{part}_s", 0.0) for e in episodes) / n
+    return out
 
 
 def rollout_metrics(samples: list[Sample]) -> dict[str, float]:
@@ -112,6 +130,9 @@ def rollout_metrics(samples: list[Sample]) -> dict[str, float]:
     statuses = [s.reward_details.get("status") for s in samples]
     for name in sorted({st for st in statuses if isinstance(st, str)}):
         out[f"env/status_{name}_frac"] = statuses.count(name) / len(samples)
+    episodes = [s.reward_details for s in samples if "tool_calls" in s.reward_details]
+    if episodes:
+        out.update(episode_metrics(episodes))
     advantages = [s.advantage for s in samples]
     out["learner/advantage_mean"] = statistics.fmean(advantages) if advantages else 0.0
     out["learner/advantage_abs_mean"] = statistics.fmean(abs(a) for a in advantages) if advantages else 0.0

@@ -3,7 +3,10 @@
 One line per RL step: the step, the sample ids, the policy version that sampled
 each (with partial rollouts the oldest, and the version of each token span), the
 prompt indices, and each sample's reward with the details its reward function
-returned. Both drivers write it, so "every sample trained at most once, none lost
+returned, its finish reason and advantage. On the steps the W&B sample table is
+logged (`logger.table_every`), the first `logger.table_rows` samples also keep their
+text token by token (`shown`: prompt, response token pieces, sampler log-probs, loss
+mask), for the report's sample browser. Both drivers write it, so "every sample trained at most once, none lost
 without being counted" and the staleness bound can be checked from the run itself,
 across resumes and restarts. A resumed job keeps the lines up
 to its checkpoint's step: the steps after it are trained again from the checkpoint.
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 from cispo.types import Sample
 
@@ -20,8 +24,10 @@ TRAINED_SAMPLES_FILE = "trained_samples.jsonl"
 
 
 class TrainedSamplesLog:
-    def __init__(self, output_dir: Path, resumed_step: int | None):
-        """`resumed_step`: the checkpoint's step when the job resumed, None when it started fresh."""
+    def __init__(self, output_dir: Path, resumed_step: int | None, token_texts: Callable[[list[int]], list[str]]):
+        """`resumed_step`: the checkpoint's step when the job resumed, None when it started fresh.
+        `token_texts`: each token id's text (the tokenizer's decode of that one token)."""
+        self.token_texts = token_texts
         path = output_dir / TRAINED_SAMPLES_FILE
         kept = []
         if resumed_step is not None and path.exists():
@@ -29,8 +35,9 @@ class TrainedSamplesLog:
         path.write_text("".join(line + "\n" for line in kept))
         self.file = open(path, "a")
 
-    def record(self, step: int, prompt_indices: list[int], samples: list[Sample]) -> None:
-        """Step `step` (the version it produced) trained `samples` of the prompts `prompt_indices`."""
+    def record(self, step: int, prompt_indices: list[int], samples: list[Sample], shown: int = 0) -> None:
+        """Step `step` (the version it produced) trained `samples` of the prompts `prompt_indices`; the
+        first `shown` of them are kept token by token."""
         record = {"step": step, "learner_step": step - 1, "prompt_indices": prompt_indices,
                   "sample_ids": [s.sample_id for s in samples],
                   "policy_versions": [s.policy_version for s in samples],
@@ -39,9 +46,18 @@ class TrainedSamplesLog:
                   "reward_details": [s.reward_details for s in samples],
                   "reward_errors": [s.reward_error for s in samples],
                   # Partial rollouts: [[version, tokens], ...] per sample; [] = all by policy_version.
-                  "version_spans": [s.version_spans for s in samples]}
+                  "version_spans": [s.version_spans for s in samples],
+                  "finish_reasons": [s.finish_reason for s in samples],
+                  "advantages": [round(s.advantage, 4) for s in samples]}
+        if shown:
+            record["shown"] = [self._tokens(s) for s in samples[:shown]]
         self.file.write(json.dumps(record, default=str) + "\n")
         self.file.flush()
+
+    def _tokens(self, sample: Sample) -> dict:
+        """One sample as the sample browser shows it: the response token by token."""
+        return {"prompt": sample.prompt_text, "tokens": self.token_texts(sample.response_ids),
+                "logprobs": [round(lp, 4) for lp in sample.behaviour_logprobs], "loss_mask": sample.loss_mask}
 
     def close(self) -> None:
         self.file.close()
