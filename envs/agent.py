@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from cispo.envs.agent_format import BUILTIN_FORMAT, AgentFormat
 from cispo.envs.agent_tools import (
     REPO,
-    TOOL_DOCS,
     Observation,
     ToolCallError,
     end_of_call,
@@ -33,6 +35,7 @@ from cispo.envs.grading import GradeResult, grade
 from cispo.envs.pool import SandboxPool
 from cispo.envs.repo import RepoError, snapshot
 from cispo.envs.swe_instances import SWEInstance
+from cispo.envs.task import Messages
 from cispo.types import Completion, FinishReason, Sample, SamplingParams
 
 # The diff the agent leaves is graded as a patch; one larger than this is not a fix.
@@ -53,9 +56,8 @@ class AgentConfig:
     max_observation_tokens: int = 1024  # tokens of one observation (cut at the end)
     observation_bytes: int = 8192  # command output kept per call: head + tail
     command_timeout: float = 60.0  # seconds per tool call
+    max_seconds: float = 1800.0  # wall time of the turns; checked before each turn (the episode ends as `length`)
     system: str = "You are a software engineer fixing an issue in the repository at " + REPO + "."
-    turn_prefix: str = "\n<|assistant|>\n"  # rendered before every model turn
-    observation_template: str = "\n<|tool|>\n{observation}"  # rendered after each tool call
 
 
 @dataclass
@@ -73,9 +75,20 @@ class AgentResult:
     grade: GradeResult | None = None
     error: str = ""
     transcript: list[tuple[str, str]] = field(default_factory=list)  # (role, text)
+    tool_calls: dict[str, int] = field(default_factory=dict)  # calls read from the turns, by tool name
+    malformed_calls: int = 0  # turns whose call could not be read (no call, bad JSON)
+    tool_timeouts: int = 0  # calls killed at AgentConfig.command_timeout
+    seconds: dict[str, float] = field(default_factory=dict)  # sandbox (start + repo copy), turns, grade
+
+    def details(self) -> dict[str, Any]:
+        """What a person needs to see the episode: the grade, its counts and times, its transcript."""
+        return {"status": self.status, "turns": self.turns, **(self.grade.to_dict() if self.grade else {}),
+                "submitted": self.finish_reason == "stop", "tool_calls": dict(self.tool_calls),
+                "malformed_calls": self.malformed_calls, "tool_timeouts": self.tool_timeouts,
+                **{f"{part}_s": round(s, 3) for part, s in self.seconds.items()},
+                "transcript": [{"role": role, "text": text} for role, text in self.transcript]}
 
     def to_sample(self, sample_id: str, group_id: str, metadata: dict[str, Any] | None = None) -> Sample:
-        details = self.grade.to_dict() if self.grade else {}
         return Sample(
             sample_id=sample_id,
             group_id=group_id,
@@ -87,16 +100,14 @@ class AgentResult:
             loss_mask=self.loss_mask,
             metadata=metadata or {},
             reward=None if math.isnan(self.reward) else self.reward,
-            reward_details={"status": self.status, "turns": self.turns, **details},
+            reward_details=self.details(),
             reward_error=(self.error or "infra_error") if self.status == "infra_error" else None,
         )
 
 
-def render_prompt(task: SWEInstance, config: AgentConfig) -> str:
-    return (
-        f"<|system|>\n{config.system}\n\n{TOOL_DOCS}\n<|user|>\n{task.problem_statement.strip()}\n\n"
-        "Change the repository so the issue is fixed, then call submit." + config.turn_prefix
-    )
+def render_prompt(task: SWEInstance, config: AgentConfig, fmt: AgentFormat = BUILTIN_FORMAT) -> str | Messages:
+    """The episode's prompt: text in the built-in format, chat messages for a template's tool format."""
+    return fmt.prompt(config.system, task.problem_statement)
 
 
 def run_episode(
@@ -106,13 +117,23 @@ def run_episode(
     pool: SandboxPool,
     sampling: SamplingParams = SamplingParams(),
     config: AgentConfig = AgentConfig(),
+    prompt_ids: list[int] | None = None,
+    fmt: AgentFormat = BUILTIN_FORMAT,
 ) -> AgentResult:
-    """Play one episode of `task` with `policy` and grade the result."""
-    ep = _Episode(tokenizer, config, tokenizer.encode(render_prompt(task, config)))
+    """Play one episode of `task` with `policy` and grade the result. `prompt_ids`: the episode's
+    prompt as the job encoded it (default: `render_prompt` encoded by `tokenizer`); `fmt`: how turns
+    and observations are framed (`cispo.envs.agent_format`)."""
+    if prompt_ids is None:
+        prompt = render_prompt(task, config, fmt)
+        prompt_ids = (tokenizer.encode(prompt) if isinstance(prompt, str) else list(tokenizer.apply_chat_template(
+            prompt, tools=fmt.tools, add_generation_prompt=True, tokenize=True, return_dict=False)))
+    ep = _Episode(tokenizer, config, fmt, prompt_ids)
     try:
+        started = time.perf_counter()
         repo_tar = snapshot(task.repo_path, task.base_commit)
         with pool.sandbox(task.image, discard_after=True) as sb:  # the model's commands ran in it
             sb.write_tar(repo_tar)
+            ep.seconds["sandbox"] = time.perf_counter() - started
             ep.play(policy, sampling, sb)
             diff = sb.exec(["sh", "-c", "git add -A && git diff --cached --binary HEAD"],
                            workdir=REPO, output_cap=MAX_DIFF_BYTES, timeout=60)
@@ -121,7 +142,9 @@ def run_episode(
     if diff.truncated or not diff.ok:
         why = "larger than the diff cap" if diff.truncated else f"git diff failed: {diff.output[-500:]}"
         return ep.result(0.0, "patch_failed", ep.finish, diff=diff.output, error=why)
+    grading = time.perf_counter()
     graded = grade(task, diff.output, pool)
+    ep.seconds["grade"] = time.perf_counter() - grading
     finish = "env_error" if graded.status == "infra_error" else ep.finish
     return ep.result(graded.reward, graded.status, finish, diff=diff.output, grade=graded, error=graded.error)
 
@@ -129,9 +152,9 @@ def run_episode(
 class _Episode:
     """The growing token sequence of one episode and the limits on it."""
 
-    def __init__(self, tokenizer, config: AgentConfig, prompt_ids: list[int]):
+    def __init__(self, tokenizer, config: AgentConfig, fmt: AgentFormat, prompt_ids: list[int]):
         self.tok = tokenizer
-        self.config = config
+        self.config, self.fmt = config, fmt
         self.prompt_ids = prompt_ids
         self.ids: list[int] = []
         self.logprobs: list[float] = []
@@ -140,15 +163,25 @@ class _Episode:
         self.versions: list[int] = []
         self.finish: FinishReason = "length"
         self.transcript: list[tuple[str, str]] = []
+        self.tool_calls: Counter[str] = Counter()
+        self.malformed_calls = self.tool_timeouts = 0
+        self.seconds: dict[str, float] = {}
 
     def budget(self) -> int:
         return self.config.max_response_tokens - len(self.ids)
 
     def play(self, policy: Policy, sampling: SamplingParams, sb) -> None:
-        """Turns until submit, or a limit: out of turns or tokens ends it as `length`."""
+        """Turns until submit, or a limit: out of turns, tokens or time ends it as `length`."""
+        started = time.perf_counter()
+        try:
+            self._play(policy, sampling, sb, deadline=started + self.config.max_seconds)
+        finally:
+            self.seconds["turns"] = time.perf_counter() - started
+
+    def _play(self, policy: Policy, sampling: SamplingParams, sb, deadline: float) -> None:
         cfg = self.config
         self.finish = "length"
-        while self.turns < cfg.max_turns and self.budget() > 0:
+        while self.turns < cfg.max_turns and self.budget() > 0 and time.perf_counter() < deadline:
             params = dataclasses.replace(sampling, n=1, max_tokens=min(cfg.max_turn_tokens, self.budget()))
             completion = policy.generate([self.prompt_ids + self.ids], params)[0][0]
             self.turns += 1
@@ -158,9 +191,14 @@ class _Episode:
                 self.finish = "repetition"
                 return
             try:
-                obs = run_tool(parse_tool_call(text), sb, cfg.command_timeout, cfg.observation_bytes)
+                tool_call = parse_tool_call(text)
             except ToolCallError as e:
+                self.malformed_calls += 1
                 obs = Observation(f"error: {e}")
+            else:
+                self.tool_calls[tool_call.name] += 1
+                obs = run_tool(tool_call, sb, cfg.command_timeout, cfg.observation_bytes)
+            self.tool_timeouts += obs.timed_out
             if obs.submitted:
                 self.finish = "stop"
                 return
@@ -194,12 +232,16 @@ class _Episode:
         return lo
 
     def _add_observation(self, text: str) -> None:
-        """Observation tokens, cut to the per-observation cap and the budget; the turn
-        prefix always survives the cut so the model still sees that it is its turn."""
-        body = self.tok.encode(self.config.observation_template.format(observation=text), add_special_tokens=False)
-        prefix = self.tok.encode(self.config.turn_prefix, add_special_tokens=False)
+        """Observation tokens: the format's frame around the tool's output, cut to the per-observation
+        cap and the budget; the output is cut first, so the model still sees that it is its turn."""
+        head = self.fmt.observation_head
+        eos = self.tok.eos_token
+        if eos and self.ids and self.ids[-1] == self.tok.eos_token_id and head.startswith(eos):
+            head = head[len(eos):]  # the turn ended with the stop token the frame would close it with
+        encode = lambda s: self.tok.encode(s, add_special_tokens=False)  # noqa: E731
+        tail = encode(self.fmt.observation_tail + self.fmt.turn_prefix)
         cap = min(self.config.max_observation_tokens, self.budget())
-        ids = (body[: max(cap - len(prefix), 0)] + prefix)[:cap]
+        ids = ((encode(head) + encode(text))[: max(cap - len(tail), 0)] + tail)[:cap]
         self.ids += ids
         self.logprobs += [0.0] * len(ids)
         self.mask += [0] * len(ids)
@@ -218,5 +260,9 @@ class _Episode:
             diff=kw.pop("diff", ""),
             policy_version=min(self.versions, default=0),
             transcript=self.transcript,
+            tool_calls=dict(self.tool_calls),
+            malformed_calls=self.malformed_calls,
+            tool_timeouts=self.tool_timeouts,
+            seconds=self.seconds,
             **kw,
         )

@@ -20,6 +20,7 @@ from typing import Any
 from cispo.envs.sandbox import Sandbox
 
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
+_PYTHON_TAG = "<|python_tag|>"  # Llama 3.1 may open a call with it
 _CALL = re.compile(re.escape(CALL_OPEN) + r"(.*?)" + re.escape(CALL_CLOSE), re.DOTALL)
 REPO = "/workspace/repo"
 _EDITOR = (Path(__file__).parent / "editor_script.py").read_text()
@@ -63,6 +64,7 @@ class ToolCall:
 class Observation:
     text: str
     submitted: bool = False
+    timed_out: bool = False  # the command ran past the tool-call timeout and was killed
 
 
 class ToolCallError(ValueError):
@@ -70,25 +72,52 @@ class ToolCallError(ValueError):
 
 
 def parse_tool_call(text: str) -> ToolCall:
+    """The turn's first call: tagged (`<tool_call>{...}</tool_call>`, Hermes / Qwen), or else a bare JSON
+    object with "name" and "arguments" or "parameters" (Llama 3.1) that starts the turn."""
     m = _CALL.search(text)
-    if not m:
-        raise ToolCallError(f"no tool call found; write one as {CALL_OPEN}{{\"name\": ..., \"arguments\": {{...}}}}{CALL_CLOSE}")
-    try:
-        data = json.loads(m.group(1))
-    except json.JSONDecodeError as e:
-        raise ToolCallError(f"the tool call is not valid JSON: {e.msg} at column {e.colno}") from e
+    if m:
+        try:
+            data = json.loads(m.group(1))
+        except json.JSONDecodeError as e:
+            raise ToolCallError(f"the tool call is not valid JSON: {e.msg} at column {e.colno}") from e
+    else:
+        span = _bare_call_span(text)
+        if span is None:
+            raise ToolCallError(f"no tool call found; write one as {CALL_OPEN}{{\"name\": ..., \"arguments\": "
+                                f"{{...}}}}{CALL_CLOSE}")
+        data = span[0]
     if not isinstance(data, dict) or not isinstance(data.get("name"), str):
         raise ToolCallError('the tool call must be an object with a "name" string')
-    args = data.get("arguments", {})
+    args = data.get("arguments", data.get("parameters", {}))
     if not isinstance(args, dict):
         raise ToolCallError('"arguments" must be an object')
     return ToolCall(data["name"], args)
 
 
+def _bare_call_span(text: str) -> tuple[dict, int] | None:
+    """A JSON object naming a tool at the start of the turn (after blanks and a `<|python_tag|>`), and
+    the index just past it."""
+    start = len(text) - len(text.lstrip())
+    if text.startswith(_PYTHON_TAG, start):
+        start += len(_PYTHON_TAG)
+    if not text.startswith("{", start):
+        return None
+    try:
+        data, end = json.JSONDecoder().raw_decode(text, start)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(data, dict) or "name" not in data or not ({"arguments", "parameters"} & data.keys()):
+        return None
+    return data, end
+
+
 def end_of_call(text: str) -> int:
     """Index just past the first complete tool call, or -1 (the turn has none)."""
     m = _CALL.search(text)
-    return m.end() if m else -1
+    if m:
+        return m.end()
+    span = _bare_call_span(text)
+    return span[1] if span else -1
 
 
 def run_tool(call: ToolCall, sb: Sandbox, timeout: float, output_cap: int) -> Observation:
@@ -103,10 +132,12 @@ def run_tool(call: ToolCall, sb: Sandbox, timeout: float, output_cap: int) -> Ob
                       output_cap=output_cap)
         status = f"[timed out after {timeout:g} s]{_RESTARTED}" if res.timed_out else f"[exit code {res.exit_code}]"
         sep = "" if not res.output or res.output.endswith("\n") else "\n"
-        return Observation(f"{res.output}{sep}{status}")
+        return Observation(f"{res.output}{sep}{status}", timed_out=res.timed_out)
     if call.name == "str_replace_editor":
         res = sb.exec(["python3", "-c", _EDITOR], stdin=json.dumps(call.arguments).encode(),
                       timeout=timeout, workdir=REPO, output_cap=output_cap)
-        return Observation(res.output if not res.timed_out else f"[editor timed out after {timeout:g} s]")
+        if res.timed_out:
+            return Observation(f"[editor timed out after {timeout:g} s]", timed_out=True)
+        return Observation(res.output)
     return Observation(f"error: unknown tool {call.name!r}; the tools are bash, str_replace_editor, submit")
 

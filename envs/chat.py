@@ -66,10 +66,12 @@ def as_prompt(value: Any) -> str | Messages:
 class PromptEncoder:
     """Token ids of prompts (and of warm-up answers) for one tokenizer and the task's chat settings."""
 
-    def __init__(self, tokenizer, chat_template: str = "auto", system_prompt: str | None = None):
+    def __init__(self, tokenizer, chat_template: str = "auto", system_prompt: str | None = None,
+                 tools: list[dict] | None = None):
         """`chat_template`: "auto" (the tokenizer's own when it has one), "none" (plain text), or the
-        path of a Jinja file; `system_prompt` goes before every plain-string prompt."""
-        self.tokenizer, self.system_prompt, self.mode = tokenizer, system_prompt, chat_template
+        path of a Jinja file; `system_prompt` goes before every plain-string prompt; `tools` (function
+        schemas) are declared through the template with every prompt (an agent's tools)."""
+        self.tokenizer, self.system_prompt, self.mode, self.tools = tokenizer, system_prompt, chat_template, tools
         self.template: str | None = None  # a .jinja file's text; None: the tokenizer's own (if any)
         self.template_name = "the tokenizer's chat template"
         if chat_template == "auto":
@@ -101,8 +103,8 @@ class PromptEncoder:
     def _render(self, prompt: str | Messages, tokenize: bool):
         try:
             return self.tokenizer.apply_chat_template(self.messages(prompt), chat_template=self.template,
-                                                      add_generation_prompt=True, tokenize=tokenize,
-                                                      return_dict=False)
+                                                      tools=self.tools, add_generation_prompt=True,
+                                                      tokenize=tokenize, return_dict=False)
         except PromptError:
             raise
         except Exception as e:  # jinja2's errors, and whatever a template's raise_exception() raises

@@ -20,7 +20,9 @@ marked with the secret. The child's output is kept here (its tail goes in the
 verdict), so nothing it prints can pose as a verdict or flood the exec. The child
 loads the plugin, under a random module name (no file of the repository can shadow
 it), through PYTHONPATH and, should the task's command set its own PYTHONPATH,
-through the user site directory (PYTHONUSERBASE).
+through the user site directory (PYTHONUSERBASE). The child's environment pins what
+makes tests flaky from one machine or run to the next (PINNED_ENV: time zone, locale,
+hash seed); a task's test command may still set its own (`TZ=... pytest`).
 
 Verdict: `\\n<<cispo-verdict SECRET>> {"prepare": {"exit_code", "output", "seconds"},
 "exit_code", "timed_out", "test_seconds", "records", "dropped", "log"}` as a Python
@@ -48,6 +50,8 @@ LOG_BYTES = 16 * 1024  # tail of the tests' output kept for the log
 PREPARE_BYTES = 8000  # tail of the prepare step's output kept
 RECORD_BYTES = 8 * 1024 * 1024  # plugin records kept (~150 bytes a phase: 3 phases of ~15k tests)
 PLUGIN_HOME = "/tmp/.cispo-verdict"
+# Set for the test run: the time zone, locale and str hash seed otherwise vary by image or by run.
+PINNED_ENV = {"TZ": "UTC", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "PYTHONHASHSEED": "0"}
 
 
 def read_exactly(n):
@@ -137,7 +141,7 @@ def run_tests(argv, cwd, timeout, plugin):
     os.set_blocking(wake_write, False)
     signal.set_wakeup_fd(wake_write)
     signal.signal(signal.SIGCHLD, lambda *_: None)
-    env = dict(os.environ, PYTEST_PLUGINS=name, CISPO_VERDICT_FD=str(records_write),
+    env = dict(os.environ, **PINNED_ENV, PYTEST_PLUGINS=name, CISPO_VERDICT_FD=str(records_write),
                PYTHONUSERBASE=PLUGIN_HOME,
                PYTHONPATH=os.pathsep.join(p for p in (site, os.environ.get("PYTHONPATH")) if p))
     devnull = os.open(os.devnull, os.O_RDONLY)

@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 _HEADER_PATHS = re.compile(r"^(?:--- |\+\+\+ )(.*)$")
+_GIT_HEADER = re.compile(r"^diff --git (.*)$")
+_QUOTED_PAIR = re.compile(r'^("(?:[^"\\]|\\.)*") ("(?:[^"\\]|\\.)*")$')
+_BINARY_WITHOUT_DATA = re.compile(r"^Binary files .* differ$")
 _GIT_PATHS = re.compile(r"^(?:rename|copy) (?:from|to) (.*)$")
 _SYMLINK_MODE = re.compile(r"^(?:new file mode|new mode|old mode|deleted file mode) 120000")
 
@@ -39,13 +42,23 @@ class PatchFiles:
 def patch_files(patch: str) -> PatchFiles:
     """The repository paths a unified / git diff touches, refusing unsafe ones.
 
-    Raises `UnsafePatch` for absolute paths, `..`, `.git/`, symlinks, or a non-empty
-    patch that names no file at all (not a diff).
+    Paths come from `---`/`+++`, rename/copy lines and `diff --git a/x b/x` (which alone
+    names the file of a `GIT binary patch`, applied by `git apply`). Raises `UnsafePatch`
+    for absolute paths, `..`, `.git/`, symlinks, a binary change without its data
+    (`Binary files ... differ`: nothing can apply it), or a non-empty patch that names
+    no file at all (not a diff).
     """
     paths: list[str] = []
+    file = ""  # the path of the current `diff --git` block, when its header names one
     for n, line in enumerate(patch.splitlines(), 1):
-        if line.startswith("diff --git "):
-            continue  # its a/ b/ names repeat in ---/+++ or rename lines, which quote unambiguously
+        if m := _GIT_HEADER.match(line):
+            file = _git_header_path(m.group(1), n)
+            if file:
+                paths.append(file)  # a binary or mode-only change has no ---/+++ lines to name it
+            continue
+        if _BINARY_WITHOUT_DATA.match(line):
+            raise UnsafePatch(f"line {n}: {file or 'a file'}: binary patches without their data are not supported "
+                              f"({line!r}): write binary changes with `git diff --binary`")
         if _SYMLINK_MODE.match(line):
             raise UnsafePatch(f"line {n}: the patch creates or changes a symlink, which could write outside the repository")
         m = _HEADER_PATHS.match(line) or _GIT_PATHS.match(line)
@@ -61,6 +74,22 @@ def patch_files(patch: str) -> PatchFiles:
     if patch.strip() and not paths:
         raise UnsafePatch("the patch names no file: expected a unified diff (--- a/x, +++ b/x)")
     return PatchFiles(tuple(dict.fromkeys(paths)))
+
+
+def _git_header_path(names: str, line: int) -> str:
+    """The path `diff --git a/x b/x` names: both names the same after -p1, so (unquoted) the
+    line splits at its middle space. Empty for a rename (its rename lines name it)."""
+    if m := _QUOTED_PAIR.match(names):
+        old, new = _unquote(m.group(1)), _unquote(m.group(2))
+    else:
+        middle = len(names) // 2
+        old, new = names[:middle], names[middle + 1 :]
+        if names[middle : middle + 1] != " ":
+            return ""
+    if _strip_prefix(old) != _strip_prefix(new):
+        return ""
+    _check(old, line)  # before -p1, as for ---/+++
+    return _check(_strip_prefix(old), line)
 
 
 def _strip_prefix(path: str) -> str:

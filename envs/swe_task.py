@@ -1,4 +1,5 @@
-"""SWE tasks as an RL task (`task=swe_synthetic`): issue in, diff out, tests in Docker decide.
+"""SWE tasks as an RL task (`task=swe task.path=tasks.jsonl`, `task=swe_synthetic`): issue in, diff out,
+tests in Docker decide.
 
 `SWETask` serves the rows of a SWE-bench-shaped tasks.jsonl to the job through the
 same interface as `AdditionTask`: `row(i)`, `eval_rows()`, `reference_pair(i)` and
@@ -20,6 +21,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Collection
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
@@ -27,19 +29,28 @@ from transformers import PreTrainedTokenizerFast
 from cispo.envs.swe import render_patch_prompt
 from cispo.envs.swe_synthetic import generate
 from cispo.envs.task import TaskRow, register_task
-from cispo.envs.swe_instances import load_instances
+from cispo.envs.swe_instances import SWEInstance, TaskError, load_instances
+from cispo.envs.task_validation import flagged_tasks
 
 SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>"]
+# Where a job keeps the validation of a user's task file (task.flagged_tasks), per file digest.
+TASK_CHECKS_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cispo" / "task_checks"
 
 
 class SWETask:
     """The tasks of one tasks.jsonl, cycled in file order for training and served once for eval."""
 
-    def __init__(self, tasks_path: str | Path, name: str = "swe"):
+    def __init__(self, tasks_path: str | Path, name: str = "swe", exclude: Collection[str] = ()):
+        """`exclude`: instance ids left out (tasks that failed validation)."""
         self.name = name
         self.tasks_path = Path(tasks_path).resolve()
         tasks = load_instances(self.tasks_path)  # validates every row, naming file, line and field
         raw = [json.loads(line) for line in self.tasks_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        kept = [(t, r) for t, r in zip(tasks, raw) if t.instance_id not in exclude]
+        if not kept:
+            raise TaskError(f"{self.tasks_path}: no task left to train on ({len(tasks)} excluded)")
+        tasks, raw = (list(x) for x in zip(*kept))
+        self._instances = {t.instance_id: t for t in tasks}
         task_dir = str(self.tasks_path.parent)
         self._rows = [TaskRow(prompt=render_patch_prompt(t), metadata={**r, "task_dir": task_dir})
                       for t, r in zip(tasks, raw)]
@@ -63,6 +74,13 @@ class SWETask:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return cls(final / "tasks.jsonl", name="swe_synthetic")
+
+    def instances(self) -> list[SWEInstance]:
+        return list(self._instances.values())
+
+    def instance(self, instance_id: str) -> SWEInstance:
+        """The validated task a row's metadata names."""
+        return self._instances[instance_id]
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -97,6 +115,24 @@ class SWETask:
             tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
             clean_up_tokenization_spaces=False,  # spaces before punctuation are code, not noise
         )
+
+
+@register_task("swe")
+def swe_task(cfg) -> SWETask:
+    """A user's SWE-bench-shaped tasks.jsonl (`task.path`): repositories by repo_path (a git bundle or
+    directory, relative to the file) or by image."""
+    if not cfg.path:
+        raise ValueError("task=swe needs task.path: a tasks.jsonl with SWE-bench fields (see `cispo-env score`)")
+    task = SWETask(cfg.path)
+    if cfg.flagged_tasks == "keep":
+        return task
+    flagged = flagged_tasks(task.tasks_path, task.instances(), TASK_CHECKS_CACHE)
+    if flagged and cfg.flagged_tasks == "refuse":
+        shown = "; ".join(f"{iid}: {problem}" for iid, problem in list(flagged.items())[:5])
+        raise TaskError(f"task.flagged_tasks=refuse: {len(flagged)} of {len(task)} tasks in {task.tasks_path} "
+                        f"failed validation (`cispo-env validate --tasks` shows every check): {shown}. Fix them, or "
+                        "set task.flagged_tasks=drop to train without them")
+    return SWETask(cfg.path, exclude=flagged) if flagged else task
 
 
 @register_task("swe_synthetic")

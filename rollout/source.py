@@ -27,7 +27,11 @@ consumed without training and counted; their prompts are replaced by fresh ones.
 `max_dropped` of them while one step waits, the step trains on the groups it has, or
 fails when it has none.
 
-Every generate, score, learn and push span goes on the `Timeline`.
+Multi-turn episodes (`episodes`, an agent in a sandbox) take the place of generate
+calls and scoring: each issued prompt starts a group of episodes, which sample their
+turns from the engines and come back scored (`cispo.rollout.episodes`).
+
+Every generate, score, episode, learn and push span goes on the `Timeline`.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ import ray
 
 from cispo.rollout.buffer import RolloutBuffer, StepTake
 from cispo.rollout.engines import EngineCall, EngineGroup, RolloutError
+from cispo.rollout.episodes import Episodes, Play
 from cispo.rollout.partial import PartialResponses
 from cispo.rollout.timeline import Timeline
 from cispo.types import Completion, Group, Sample, SamplingParams
@@ -93,11 +98,13 @@ class RolloutSource:
     def __init__(self, engines: EngineGroup, buffer: RolloutBuffer, prompt: Callable[[int], Prompt | None],
                  decode: Callable[[list[int]], str], score: Callable[[list[Sample]], Any],
                  params: SamplingParams, *, generate_timeout_s: float, scoring_calls_in_flight: int,
-                 segment_tokens: int = 0, keep: Callable[[Group], bool] | None = None, max_dropped: int = 0):
+                 segment_tokens: int = 0, keep: Callable[[Group], bool] | None = None, max_dropped: int = 0,
+                 play: Play | None = None, episodes_in_flight: int = 1):
         """`prompt(i)`: training prompt i of the task's stream, or None to skip it (it does not fit the
         model; the buffer counts it). `score(samples)` fills their rewards.
         `params`: the sampling parameters of calls issued from now on (the curriculum changes
-        `max_tokens`). `segment_tokens` > 0: partial rollouts. `keep`: dynamic sampling's filter."""
+        `max_tokens`). `segment_tokens` > 0: partial rollouts. `keep`: dynamic sampling's filter.
+        `play`: each prompt is a group of `params.n` episodes played by it, `episodes_in_flight` at once."""
         self.engines, self.buffer, self.prompt, self.decode, self.score = engines, buffer, prompt, decode, score
         self.params, self.generate_timeout_s, self.segment_tokens = params, generate_timeout_s, segment_tokens
         self.keep, self.max_dropped = keep, max_dropped
@@ -110,6 +117,7 @@ class RolloutSource:
         self._error: BaseException | None = None
         self._stopping = False
         self.timeline = Timeline()
+        self.episodes = Episodes(engines, play, episodes_in_flight, generate_timeout_s, self.timeline) if play else None
         self._scoring = ThreadPoolExecutor(scoring_calls_in_flight, thread_name_prefix="rollout-scoring")
         # Since the last `timings()`: engine-seconds spent generating (a call queued behind
         # another counts from when that one finished, weight pushes between them included, so
@@ -126,6 +134,9 @@ class RolloutSource:
                 prompt = self.prompt(i)
                 if prompt is None:
                     self.buffer.skip(i)  # the next refill issues another in its place
+                elif self.episodes is not None:
+                    self.episodes.start_group(prompt, self.params.n, lambda group, i=i: self._finished(i, group),
+                                              self._fail)
                 else:
                     indices.append(i)
                     prompts.append(prompt)
@@ -186,6 +197,8 @@ class RolloutSource:
                 return
             self._stopping = True
             self._cond.notify_all()
+        if self.episodes is not None:
+            self.episodes.stop()
         self._thread.join()
         self._scoring.shutdown(wait=True, cancel_futures=True)
         self.timeline.write(directory)
@@ -228,7 +241,7 @@ class RolloutSource:
             started = max(call.issued_at, self._engine_free_at[engine])
             self.generate_s += generated - started
             self._engine_free_at[engine] = generated
-        self.timeline.record("generate", started, generated)
+        self.timeline.record("generate", started, generated, f"engine {engine}")
         sampled_by = min(c.policy_version for cs in completions for c in cs)
         if sampled_by < call.min_version:  # re-issuing would never make such groups fresh
             raise RolloutError(f"an engine sampled with policy version {sampled_by} after version "
@@ -253,17 +266,22 @@ class RolloutSource:
             start = time.perf_counter()
             self.score([s for g in groups for s in g.samples])
             end = time.perf_counter()
-            self.timeline.record("score", start, end)
+            self.timeline.record("score", start, end, "reward workers")
             with self._cond:
                 self.reward_s += end - start
-                for index, group in zip(prompt_indices, groups):
-                    if self.keep is not None and not self.keep(group):
-                        self.buffer.drop(index)
-                    else:
-                        self.buffer.complete(index, group)
-                self._cond.notify_all()
+            for index, group in zip(prompt_indices, groups):
+                self._finished(index, group)
         except BaseException as e:
             self._fail(e)
+
+    def _finished(self, index: int, group: Group) -> None:
+        """A scored group: into the buffer, or dropped by dynamic sampling."""
+        with self._cond:
+            if self.keep is not None and not self.keep(group):
+                self.buffer.drop(index)
+            else:
+                self.buffer.complete(index, group)
+            self._cond.notify_all()
 
     def _fail(self, error: BaseException) -> None:
         """Hand an error to the driver thread, which raises it from `take`."""

@@ -60,6 +60,10 @@ def test_every_registered_task_meets_the_contract(name, tmp_path):
         from pathlib import Path
 
         cfg.path = str(Path(__file__).parents[2] / "examples" / "arith.jsonl")
+    if name == "swe":  # a user's SWE tasks file: the synthetic set's (validated in test_task_validation.py)
+        from cispo.envs.swe_synthetic import generate
+
+        cfg.path, cfg.flagged_tasks = str(generate(tmp_path / "tasks")), "keep"
     check_contract(make_task(cfg))
 
 

@@ -42,14 +42,14 @@ def test_rows_load_with_defaults_and_swebench_json_strings(tmp_path):
 @pytest.mark.parametrize(
     "row, message",
     [
-        (_row(base_commit=...), ":2: missing field 'base_commit'"),
+        (_row(base_commit=...), ":2: field 'base_commit': missing"),
         (_row(patch=3), ":2: field 'patch': expected a string, got int"),
         (_row(FAIL_TO_PASS="not json"), ":2: field 'FAIL_TO_PASS': a string must hold a JSON list"),
         (_row(PASS_TO_PASS=[1]), ":2: field 'PASS_TO_PASS': expected a list of non-empty test id strings"),
         (_row(FAIL_TO_PASS=[], PASS_TO_PASS=[]), ":2: FAIL_TO_PASS and PASS_TO_PASS are both empty"),
         (_row(repo_path="missing.bundle"), ":2: field 'repo_path':"),
         (_row(timeout=-1), ":2: field 'timeout': expected a positive number"),
-        (_row(instance_id="o__r-1"), ":2: instance_id 'o__r-1' already used on line 1"),
+        (_row(instance_id="o__r-1"), ":2: field 'instance_id': 'o__r-1' already used on line 1"),
         ("{not json", ":2: not valid JSON"),
         ("[1, 2]", ":2: expected a JSON object, got list"),
     ],
@@ -64,7 +64,7 @@ def test_bad_rows_name_file_line_and_field(tmp_path, row, message):
 def test_predictions_jsonl_and_json(tmp_path):
     jl = tmp_path / "p.jsonl"
     jl.write_text(json.dumps({"instance_id": "a", "model_patch": "diff"}) + "\n" + json.dumps({"instance_id": "b", "model_patch": None}) + "\n")
-    assert load_predictions(jl) == {"a": "diff", "b": ""}
+    assert load_predictions(jl) == {"a": "diff", "b": None}
     js = tmp_path / "p.json"
     js.write_text(json.dumps([{"instance_id": "a", "model_patch": "d", "model_name_or_path": "m"}]))
     assert load_predictions(js) == {"a": "d"}

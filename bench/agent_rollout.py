@@ -1,0 +1,156 @@
+"""Agent-episode throughput: episodes per second with 1, 4 and 8 in flight, and where an episode's time goes.
+
+The same episodes (the synthetic SWE tasks, cycled) are played at each setting by the same
+policy, in a fresh sandbox pool with as many slots as episodes in flight; an episode is
+`cispo.envs.agent.run_episode`: a sandbox started and the repository copied in, turns
+(sampling, then the tool), the diff graded in another sandbox.
+
+The policy: the benchmark model (`bench/model_common.py`, random weights, one torch
+thread) samples every turn for real, as many tokens as the turn holds, from the whole
+episode so far, on one engine (calls queue, as on one rollout worker). The turn it hands
+back is a fixed trajectory, the same for every setting: look at the repository, apply
+the gold patch, run the tests, submit. A random-weight model's tokens are no tool calls;
+this way sampling costs what these turns would, and the tools, sandboxes and grading do
+their real work.
+
+`--no-sampling` hands the turns back at once: the environment's side alone, what a
+policy much faster than this CPU's (a batching engine, a GPU) approaches.
+
+Shares of an episode's time: sampling (its turns' generate calls, queueing for the
+engine included), tools (the rest of its turns), sandbox (start and repository copy),
+grading, other (snapshot, the final `git diff`). Goal (issue 15): 8 in flight at least
+2x one at a time on 2 cores.
+
+    .venv/bin/python bench/agent_rollout.py [--episodes 8] [--in-flight 1 4 8] [--no-sampling]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+import transformers
+from model_common import hf_config
+
+import cispo.model as cm
+from cispo.envs.agent import AgentConfig, AgentResult, run_episode
+from cispo.envs.image import build_base_image
+from cispo.envs.pool import SandboxPool
+from cispo.envs.agent_format import BUILTIN_FORMAT as FMT
+from cispo.envs.swe_agent import reference_trajectory
+from cispo.envs.swe_instances import SWEInstance, load_instances
+from cispo.envs.swe_synthetic import generate
+from cispo.envs.swe_task import SWETask
+from cispo.types import Completion, SamplingParams
+
+CONFIG = AgentConfig(max_turns=8)
+PARTS = ("sampling", "tools", "sandbox", "grade", "other")
+
+
+class Engine:
+    """One sampler; concurrent calls queue for it, as for one rollout worker."""
+
+    def __init__(self):
+        torch.set_num_threads(1)
+        with tempfile.TemporaryDirectory() as d:
+            torch.manual_seed(0)
+            transformers.MiniMaxForCausalLM(hf_config()).save_pretrained(d)
+            self.sampler = cm.Sampler(cm.from_pretrained(d), max_batch=1)
+        self.lock = threading.Lock()
+
+    def sample(self, prompt: list[int], tokens: int) -> None:
+        with self.lock:
+            self.sampler.generate([prompt], SamplingParams(max_tokens=tokens))
+
+
+class TrajectoryPolicy:
+    """Samples each turn's length in tokens on the engine, then hands back the trajectory's turn."""
+
+    def __init__(self, engine: Engine | None, tokenizer, turns: list[str]):
+        self.engine, self.tok, self.turns = engine, tokenizer, list(turns)
+        self.seconds = 0.0
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
+        ids = self.tok.encode(self.turns.pop(0), add_special_tokens=False)[: params.max_tokens]
+        if self.engine is not None:
+            start = time.perf_counter()
+            self.engine.sample(prompts[0], len(ids))
+            self.seconds += time.perf_counter() - start
+        return [[Completion(ids, [0.0] * len(ids), "stop", 0)]]
+
+
+def trajectory(task: SWEInstance) -> list[str]:
+    """Look, apply the gold patch, run the tests, submit."""
+    apply = reference_trajectory(task.patch, FMT).split(FMT.observation_head)[0]  # its first turn
+    look = FMT.call("bash", {"command": "git status --short && git ls-files | head -20"})
+    run_tests = FMT.call("bash", {"command": f"{task.test_cmd} -q 2>&1 | tail -3"})
+    return [look, apply, run_tests, FMT.call("submit", {})]
+
+
+@dataclasses.dataclass
+class Setting:
+    in_flight: int
+    wall: float
+    episodes: list[tuple[AgentResult, float, float]]  # result, its wall seconds, its sampling seconds
+
+    def shares(self) -> dict[str, float]:
+        total = sum(wall for _, wall, _ in self.episodes)
+        spent = dict.fromkeys(PARTS, 0.0)
+        for result, wall, sampling in self.episodes:
+            s = result.seconds
+            spent["sampling"] += sampling
+            spent["tools"] += s.get("turns", 0.0) - sampling
+            spent["sandbox"] += s.get("sandbox", 0.0)
+            spent["grade"] += s.get("grade", 0.0)
+            spent["other"] += wall - s.get("turns", 0.0) - s.get("sandbox", 0.0) - s.get("grade", 0.0)
+        return {part: seconds / total for part, seconds in spent.items()}
+
+
+def play(task: SWEInstance, engine: Engine | None, tokenizer, pool: SandboxPool) -> tuple[AgentResult, float, float]:
+    policy = TrajectoryPolicy(engine, tokenizer, trajectory(task))
+    start = time.perf_counter()
+    result = run_episode(task, policy, tokenizer, pool, config=CONFIG)
+    return result, time.perf_counter() - start, policy.seconds
+
+
+def run_setting(in_flight: int, tasks: list[SWEInstance], engine: Engine | None, tokenizer) -> Setting:
+    with SandboxPool(max_concurrency=in_flight) as pool, ThreadPoolExecutor(in_flight) as threads:
+        start = time.perf_counter()
+        episodes = list(threads.map(lambda t: play(t, engine, tokenizer, pool), tasks))
+        wall = time.perf_counter() - start
+    statuses = {r.status for r, _, _ in episodes}
+    if statuses != {"resolved"}:
+        raise SystemExit(f"{in_flight} in flight: episodes ended {statuses}, expected every one resolved")
+    return Setting(in_flight, wall, episodes)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--episodes", type=int, default=8, help="episodes per setting (the tasks cycled)")
+    parser.add_argument("--in-flight", type=int, nargs="+", default=[1, 4, 8], help="settings to compare")
+    parser.add_argument("--no-sampling", action="store_true", help="turns handed back at once: the environment alone")
+    args = parser.parse_args()
+    build_base_image(if_missing=True)
+    with tempfile.TemporaryDirectory() as d:
+        synthetic = load_instances(generate(d))
+        tasks = [synthetic[i % len(synthetic)] for i in range(args.episodes)]
+        tokenizer, engine = SWETask.build_tokenizer(), None if args.no_sampling else Engine()
+        settings = [run_setting(n, tasks, engine, tokenizer) for n in args.in_flight]
+    base = settings[0]
+    policy = "no sampling" if args.no_sampling else "sampled on one engine"
+    print(f"{args.episodes} episodes per setting, {policy}; shares of the episodes' summed time")
+    print(f"{'in flight':>9} {'episodes/s':>10} {'vs ' + str(base.in_flight):>6} {'episode s':>9} "
+          + " ".join(f"{p:>8}" for p in PARTS))
+    for s in settings:
+        rate, mean = len(s.episodes) / s.wall, sum(w for _, w, _ in s.episodes) / len(s.episodes)
+        shares = " ".join(f"{share:>8.0%}" for share in s.shares().values())
+        print(f"{s.in_flight:>9} {rate:>10.3f} {rate / (len(base.episodes) / base.wall):>5.2f}x {mean:>9.2f} {shares}")
+
+
+if __name__ == "__main__":
+    main()
