@@ -1,4 +1,5 @@
-"""`cispo-train`: the Hydra entry point. `cispo-train --cfg job` prints the resolved config."""
+"""`cispo-train`: the Hydra entry point. `cispo-train --help` shows every key with its comment;
+`cispo-train --cfg job` prints the resolved config."""
 
 from __future__ import annotations
 
@@ -88,6 +89,16 @@ def resume_hint(cfg: Config) -> str:
 
 
 def main() -> None:
+    args = sys.argv[1:]
+    if args[:1] == ["report"]:  # `cispo-train report OUTPUT_DIR ...`: a run's report.html, no job
+        from cispo.report import main as report_main
+
+        sys.exit(report_main(args[1:]))
+    if "--help" in args or "-h" in args:  # Hydra's own help lists the keys without a word about them
+        from cispo.config_help import help_text
+
+        print(help_text([a for a in args if a not in ("--help", "-h")]), end="")
+        return
     _main()
 
 

@@ -21,7 +21,7 @@ class PolicyConfig:
     arch: str = "qwen2"
     # Start from this HF checkpoint directory instead of a random init (its tokenizer must sit beside
     # it): any causal LM that transformers and vLLM both load (Llama, Qwen2/3, Mistral, Gemma, ...), or
-    # our hybrid model (rollout=builtin). The sizes below are then ignored.
+    # our hybrid model (rollout=builtin or vllm). The sizes below are then ignored.
     path: Optional[str] = None
     hidden_size: int = 128
     num_layers: int = 2
@@ -41,7 +41,7 @@ class PolicyConfig:
 
 @dataclass
 class RolloutConfig:
-    # "vllm" (vLLM workers) or "builtin" (the model's own sampler; the only choice for arch=minimax).
+    # "vllm" (vLLM workers; the hybrid model through our plugin) or "builtin" (the hybrid model's own sampler).
     engine: str = "vllm"
     # Rollout actors; each holds one engine.
     num_workers: int = 1
@@ -76,6 +76,9 @@ class RolloutConfig:
     # behaviour log-probs). Each sample records its version spans; its staleness is its oldest span's.
     partial_rollouts: bool = False
     partial_segment_tokens: int = 4
+    # env.mode=agent: episodes played at once (each holds a sandbox and sends one turn at a time to
+    # an engine). The async driver keeps them running while the learner trains.
+    episodes_in_flight: int = 8
     # Engine actors that die (process killed, node lost) are replaced, their prompts issued again,
     # up to this many times in a job; one more death fails the job.
     max_restarts: int = 3
@@ -87,6 +90,8 @@ class RolloutConfig:
 class LearnerConfig:
     # Data-parallel DeepSpeed ranks, one Ray actor each.
     world_size: int = 1
+    # A learner call (a step, a checkpoint's save or load) that takes longer fails the job, naming it.
+    call_timeout_s: float = 3600.0
     # ZeRO stage: 0, 1, 2 or 3.
     zero_stage: int = 2
     num_cpus_per_rank: float = 1.0
@@ -102,6 +107,14 @@ class LearnerConfig:
     # Samples per forward/backward on one rank; a step accumulates over the rank's whole shard.
     micro_batch_size: int = 64
     gradient_checkpointing: bool = False
+    # Optimizer updates per RL step: the step's samples are shuffled (seeded by trainer.seed and the step,
+    # so resume is exact) into this many mini-batches, one update each. 1 = one update on the whole batch;
+    # more is the off-policy regime where CISPO's clipped IS weight differs from PPO-style clipping.
+    mini_batches: int = 1
+    # Passes over the step's samples, each reshuffled: mini_batches x epochs updates per step.
+    epochs: int = 1
+    # Let one group's samples fall into different mini-batches (by default a group stays in one).
+    split_groups: bool = False
     # Synchronous driver, CPU ranks: step with every core of the node (split between the ranks on it)
     # as torch threads, not just num_cpus_per_rank: the rollout and reward workers wait while the
     # learner steps. Turn off on a node shared with other jobs. The async driver never borrows cores.
@@ -140,6 +153,14 @@ class AlgoConfig:
     # forward of the learner's current weights before the update). Mismatch metrics always compare
     # the sampler with the learner.
     old_logp: str = "rollout"
+    # Rollout correction (cispo.algo.corrections): none, tis_token, tis_seq (truncated IS), mis_token,
+    # mis_seq, mis_geo (masked IS), icepop. It weights or rejects each token's loss by
+    # rho = pi_old / pi_rollout, so it needs old_logp=recompute; the loss keeps its own pi_theta / pi_old.
+    correction: str = "none"
+    # The correction's bounds on rho (reject outside [low, high]; tis_* truncate at high);
+    # null = the correction's default (tis/mis: 2 above, icepop: [0.5, 5], mis_geo: [0.999, 1.001]).
+    correction_low: Optional[float] = None
+    correction_high: Optional[float] = None
     # DAPO overlong reward shaping: over the last overlong_buffer tokens before the response cap the
     # reward gets a penalty rising linearly to -overlong_penalty (DAPO: 4096 of 20480, 1.0); 0 = off.
     overlong_buffer: int = 0
@@ -158,7 +179,7 @@ class AlgoConfig:
 
 @dataclass
 class TaskConfig:
-    # A registered task (addition, swe_synthetic; cispo.envs.task) or your own as
+    # A registered task (addition, dataset, math, swe, swe_synthetic; cispo.envs.task) or your own as
     # "package.module:Class" / "/path/to/file.py:Class", built as Class(task config).
     name: str = "addition"
     # Addition: operands have between min_digits and max_digits digits.
@@ -170,6 +191,11 @@ class TaskConfig:
     eval_size: int = 64
     # SWE tasks: where swe_synthetic writes (and reuses) its generated task set; relative to the cwd.
     data_dir: str = "outputs/swe_synthetic_tasks"
+    # (task=swe takes `path`: a SWE-bench-shaped tasks.jsonl, the rows `cispo-env score` reads.)
+    # task=swe checks its tasks before training (gold and empty patch graded twice each, as
+    # `cispo-env validate`; cached per file under ~/.cache/cispo/task_checks). Tasks that fail:
+    # refuse (the job stops, naming them), drop (train without them) or keep (no check at all).
+    flagged_tasks: str = "refuse"
     # Dataset tasks (task=dataset, task=math): a JSONL / JSON / Parquet / CSV file, or a directory
     # written by datasets' save_to_disk; read with the `datasets` library (memory-mapped Arrow).
     path: Optional[str] = None
@@ -190,13 +216,29 @@ class TaskConfig:
     args: Dict[str, Any] = field(default_factory=dict)
 
 @dataclass
+class EnvConfig:
+    # How a SWE task (task=swe, task=swe_synthetic) is played. single_shot: the response is a diff in a
+    # ```diff block, graded by reward.fn. agent: a multi-turn episode in a Docker sandbox (tools bash,
+    # str_replace_editor, submit), graded by the task's tests; reward.fn is not called.
+    mode: str = "single_shot"
+    # Agent episode limits: model turns, response tokens (model + observations), tokens per turn,
+    # tokens per observation, seconds per tool call, and seconds of turns per episode.
+    max_turns: int = 8
+    max_response_tokens: int = 2048
+    max_turn_tokens: int = 256
+    max_observation_tokens: int = 256
+    tool_timeout_s: float = 30.0
+    episode_timeout_s: float = 600.0
+
+@dataclass
 class RewardConfig:
     # The reward function: "package.module:fn" or "/path/to/file.py:fn".
     # Signature: fn(prompt: str, response: str, metadata: dict) -> float | {"score": float, ...}; async ok.
     fn: str = "cispo.reward.builtin:addition_reward"
     # fn takes lists (prompts, responses, metadatas) and returns a list.
     batched: bool = False
-    # Per-sample time limit; a call past it is recorded as an error and the sample masked.
+    # Per-sample time limit; a call past it is recorded as an error and the sample masked. Calls run
+    # one after another; once one has timed out, the rest of the step start at once (no N x wait).
     timeout_s: float = 10.0
     # Stop the job when more than this fraction of a step's samples failed to score.
     max_error_fraction: float = 0.5
@@ -253,6 +295,9 @@ class RayConfig:
     address: Optional[str] = None
     # CPUs a local Ray may use; None = all of the machine.
     num_cpus: Optional[int] = None
+    # How long the job waits for room in the cluster for its learner ranks; past it the job fails,
+    # naming what the ranks asked for and what is free. (An ask no node could ever hold fails at once.)
+    placement_timeout_s: float = 300.0
 
 @dataclass
 class Config:
@@ -261,6 +306,7 @@ class Config:
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -324,8 +370,6 @@ def validate(cfg: Config) -> Config:
         except PolicyError as e:
             raise ConfigError(str(e)) from e
     else:
-        _check(not (m.arch == "minimax" and r.engine == "vllm"), "rollout.engine",
-               "vLLM has no MiniMax model class; use rollout.engine=builtin with model.arch=minimax")
         _check(not (m.arch == "qwen2" and r.engine == "builtin"), "rollout.engine",
                "the built-in sampler runs the hybrid model only; use rollout=vllm with model.arch=qwen2")
     _check(r.num_workers >= 1, "rollout.num_workers", "must be >= 1")
@@ -349,6 +393,26 @@ def validate(cfg: Config) -> Config:
         key = next((k for k in ("eps_low_is", "eps_high_is", "clip_low", "clip_high", "loss_agg") if k in str(e)), "loss")
         raise ConfigError(f"algo.{key}: {e}") from e
     _check(a.old_logp in ("rollout", "recompute"), "algo.old_logp", f"must be rollout or recompute, got {a.old_logp!r}")
+    from cispo.algo.corrections import resolve_correction
+
+    try:
+        correction = resolve_correction(a)
+    except ValueError as e:
+        keys = "algo.correction" if "unknown" in str(e) else "algo.correction_low, algo.correction_high"
+        raise ConfigError(f"{keys}: {e}") from e
+    _check(correction is None or a.old_logp == "recompute", "algo.correction",
+           f"{a.correction} weights the loss by pi_old / pi_rollout, which is 1 unless algo.old_logp=recompute")
+    _check(l.mini_batches >= 1, "learner.mini_batches", "must be >= 1")
+    _check(l.epochs >= 1, "learner.epochs", "must be >= 1")
+    units, unit = (r.prompts_per_step, "groups") if not l.split_groups else (samples, "samples")
+    _check(l.mini_batches <= units, "learner.mini_batches",
+           f"{l.mini_batches} mini-batches of a step's {units} {unit} (rollout.prompts_per_step "
+           f"{r.prompts_per_step}{'' if not l.split_groups else f' x algo.group_size {a.group_size}'}) leave some "
+           f"empty{'; learner.split_groups=true splits groups' if not l.split_groups else ''}")
+    smallest = units // l.mini_batches * (a.group_size if not l.split_groups else 1)
+    _check(smallest >= l.world_size, "learner.mini_batches",
+           f"the smallest of {l.mini_batches} mini-batches holds {smallest} samples, fewer than "
+           f"learner.world_size={l.world_size} ranks (each rank takes a share of every mini-batch)")
     _check(a.overlong_buffer >= 0, "algo.overlong_buffer", "must be >= 0")
     caps = list(a.curriculum_caps)
     _check(all(c >= 1 for c in caps) and all(x < y for x, y in zip(caps, caps[1:])), "algo.curriculum_caps",
@@ -359,6 +423,22 @@ def validate(cfg: Config) -> Config:
            f"the last cap {caps[-1] if caps else 0} must be < model.max_position_embeddings={m.max_position_embeddings}")
     _check(t.min_digits >= 1 and t.max_digits >= t.min_digits, "task.max_digits",
            f"need 1 <= task.min_digits <= task.max_digits, got {t.min_digits}, {t.max_digits}")
+    e = cfg.env
+    _check(e.mode in ("single_shot", "agent"), "env.mode", f"must be single_shot or agent, got {e.mode!r}")
+    _check(t.flagged_tasks in ("refuse", "drop", "keep"), "task.flagged_tasks",
+           f"must be refuse, drop or keep, got {t.flagged_tasks!r}")
+    _check(t.name != "swe" or bool(t.path), "task.path",
+           "task=swe needs task.path: a tasks.jsonl of SWE-bench rows (the file `cispo-env score` reads)")
+    for key in ("max_turns", "max_response_tokens", "max_turn_tokens", "max_observation_tokens", "tool_timeout_s",
+                "episode_timeout_s"):
+        _check(getattr(e, key) > 0, f"env.{key}", f"must be > 0, got {getattr(e, key)}")
+    _check(r.episodes_in_flight >= 1, "rollout.episodes_in_flight", f"must be >= 1, got {r.episodes_in_flight}")
+    if e.mode == "agent":
+        _check(t.name in ("swe", "swe_synthetic") or ":" in t.name, "env.mode",
+               f"agent episodes play SWE tasks (task=swe or task=swe_synthetic), not task.name={t.name!r}")
+        _check(e.max_response_tokens < m.max_position_embeddings, "env.max_response_tokens",
+               f"{e.max_response_tokens} leaves no room for the prompt in model.max_position_embeddings="
+               f"{m.max_position_embeddings}")
     _check(t.name in task_names() or ":" in t.name, "task.name",
            f"{t.name!r} is unknown; built-in: {', '.join(task_names())}, or 'package.module:Class' / "
            "'/path/to/file.py:Class' for your own")

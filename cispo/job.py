@@ -13,7 +13,9 @@ import math
 import os
 import shutil
 import statistics
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -25,16 +27,23 @@ from cispo.algo.diagnostics import pass_at_k
 from cispo.algo.groups import prepare_groups
 from cispo.algo.losses import resolve_loss
 from cispo.checkpoint import TrainState, checkpoint_dir, deepspeed_dir, latest_checkpoint, tag, write_state
-from cispo.config import Config, resume_mode
+from cispo.config import Config, ConfigError, resume_mode
 from cispo.envs.chat import OverlongPrompts, PromptEncoder, encode_row, eval_rows_that_fit, where
+from cispo.envs.agent import AgentConfig
+from cispo.envs.agent_format import BUILTIN_FORMAT, agent_format
+from cispo.envs.pool import SandboxPool
+from cispo.envs.swe_agent import AgentPlayer, AgentTask
+from cispo.envs.swe_task import SWETask
 from cispo.envs.task import TaskRow, make_task
 from cispo.learner.batch import sft_batch
 from cispo.learner.group import LearnerGroup
 from cispo.learner.update import learner_update
 from cispo.policy import create_policy
 from cispo.reward.pool import RewardPool
+from cispo.reward.worker import RewardResult
 from cispo.rollout.buffer import RolloutBuffer
 from cispo.rollout.engines import EngineGroup, EngineSpec
+from cispo.rollout.episodes import EngineTurns
 from cispo.rollout.source import Prompt, RolloutSource
 from cispo.tracking import Tracker, format_summary
 from cispo.types import Group, SamplingParams
@@ -63,6 +72,32 @@ def cpus_needed(cfg: Config) -> float:
             + cfg.rollout.num_workers * cfg.rollout.num_cpus_per_worker)
 
 
+def agent_config(cfg: Config) -> AgentConfig:
+    """The agent episode's limits from the `env` section."""
+    e = cfg.env
+    return AgentConfig(max_turns=e.max_turns, max_response_tokens=e.max_response_tokens,
+                       max_turn_tokens=e.max_turn_tokens, max_observation_tokens=e.max_observation_tokens,
+                       command_timeout=e.tool_timeout_s, max_seconds=e.episode_timeout_s)
+
+
+def check_placement(cfg: Config) -> None:
+    """Fail at once when no node of the cluster could ever hold a learner rank or an engine (a custom
+    resource no node offers, more GPUs than any node has), rather than wait for room that never comes."""
+    asks = {"a learner rank": {"CPU": cfg.learner.num_cpus_per_rank, "GPU": cfg.learner.num_gpus_per_rank,
+                               **cfg.learner.resources},
+            "a rollout engine": {"CPU": cfg.rollout.num_cpus_per_worker, "GPU": cfg.rollout.num_gpus_per_worker,
+                                 **cfg.rollout.resources}}
+    nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+    for who, ask in asks.items():
+        ask = {name: amount for name, amount in ask.items() if amount}
+        if not any(all(node.get(name, 0) >= amount for name, amount in ask.items()) for node in nodes):
+            have = "; ".join(", ".join(f"{k} {v:g}" for k, v in sorted(node.items()) if not k.startswith("node:"))
+                             for node in nodes)
+            key = "learner" if who == "a learner rank" else "rollout"
+            raise ConfigError(f"{who} asks for {ask} ({key}.num_cpus_*/num_gpus_*/resources), and no node of the "
+                              f"Ray cluster has that: {len(nodes)} node(s) with {have}")
+
+
 class Job:
     def __init__(self, cfg: Config, learner_restarts: int = 0):
         """`learner_restarts`: times the supervisor restarted this job after a learner rank died."""
@@ -70,7 +105,13 @@ class Job:
         self.out = Path(cfg.trainer.output_dir).resolve()
         self.out.mkdir(parents=True, exist_ok=True)
         self.task = make_task(cfg.task)  # before Ray: a bad dataset or task fails at once
+        self.agent = agent_config(cfg) if cfg.env.mode == "agent" else None
+        if self.agent is not None:
+            if not isinstance(self.task, SWETask):
+                raise ConfigError(f"env.mode=agent plays SWE tasks (task=swe or swe_synthetic), not task.name="
+                                  f"{cfg.task.name!r}")
         connect_ray(cfg)
+        check_placement(cfg)
         self.state = TrainState()
         resume = resume_mode(cfg.trainer.resume)
         resumed = latest_checkpoint(self.out) if resume != "false" else None
@@ -88,7 +129,13 @@ class Job:
         self.tokenizer = AutoTokenizer.from_pretrained(str(policy_dir))
         t = cfg.task
         self.encoder = PromptEncoder(self.tokenizer, chat_template=t.chat_template, system_prompt=t.system_prompt)
-        longest_response = max(cfg.algo.curriculum_caps or [cfg.rollout.max_new_tokens])
+        if self.agent is not None:  # the agent's prompts declare its tools, in the template's format if it has one
+            fmt = agent_format(self.tokenizer, self.encoder.template) if self.encoder.uses_template else BUILTIN_FORMAT
+            self.task = AgentTask(self.task, self.agent, fmt)
+            self.encoder = PromptEncoder(self.tokenizer, chat_template=t.chat_template,
+                                         system_prompt=t.system_prompt, tools=fmt.tools)
+        longest_response = (cfg.env.max_response_tokens if self.agent  # an episode's turns and observations
+                            else max(cfg.algo.curriculum_caps or [cfg.rollout.max_new_tokens]))
         # A prompt must leave room for the longest response the job samples.
         room = cfg.model.max_position_embeddings - longest_response
         self.overlong = OverlongPrompts(t.overlong_prompt, room)
@@ -114,6 +161,10 @@ class Job:
             rw = cfg.reward
             self.rewards = RewardPool(rw.fn, rw.timeout_s, rw.max_error_fraction, rw.num_workers, rw.batched)
             started.callback(self.rewards.shutdown)
+            # Agent episodes' sandboxes: one per episode in flight, and one for grading it.
+            self.sandboxes = SandboxPool(max_concurrency=2 * r.episodes_in_flight) if self.agent else None
+            if self.sandboxes is not None:
+                started.callback(self.sandboxes.close)
             self.source = self._rollout_source()
             started.callback(self.source.stop, self.out)
             self.resumed = resumed is not None
@@ -134,7 +185,12 @@ class Job:
             scoring_calls_in_flight=cfg.rollout.scoring_calls_in_flight,
             segment_tokens=cfg.rollout.partial_segment_tokens if cfg.rollout.partial_rollouts else 0,
             keep=(lambda group: has_signal(group.rewards)) if a.dynamic_sampling else None,
-            max_dropped=max(1, a.dynamic_sampling_max_rounds) * cfg.rollout.prompts_per_step)
+            max_dropped=max(1, a.dynamic_sampling_max_rounds) * cfg.rollout.prompts_per_step,
+            play=self._agent_player(self.sampling_params()) if self.agent else None,
+            episodes_in_flight=cfg.rollout.episodes_in_flight)
+
+    def _agent_player(self, sampling: SamplingParams) -> AgentPlayer:
+        return AgentPlayer(self.task, self.tokenizer, sampling, self.sandboxes)
 
     def sampling_params(self, n: int | None = None, temperature: float | None = None) -> SamplingParams:
         """The training sampling parameters at the current response cap (the curriculum raises it)."""
@@ -159,14 +215,15 @@ class Job:
         return Prompt(ids, row.prompt if isinstance(row.prompt, str) else self.encoder.text(row.prompt), row.metadata)
 
     def learn(self, groups: list[Group]) -> dict[str, float]:
-        """Advantages (and DAPO's shaping), then one learner update; what the shaping did and the
-        learner's metrics."""
+        """Advantages (and DAPO's shaping), then the step's learner updates (learner.mini_batches x
+        learner.epochs, seeded by the step: `self.state.step` is the step being trained); what the
+        shaping did and the learner's metrics."""
         start = time.perf_counter()
         metrics = prepare_groups(groups, self.cfg.algo, self.cfg.rollout.max_new_tokens)
         samples = [s for g in groups for s in g.samples]
-        metrics.update(learner_update(self.learner, samples, self.cfg.algo.old_logp, self.tokenizer.pad_token_id))
+        metrics.update(learner_update(self.learner, samples, self.cfg, self.tokenizer.pad_token_id, self.state.step))
         end = time.perf_counter()
-        self.source.timeline.record("learn", start, end)
+        self.source.timeline.record("learn", start, end, "learner")
         return {**metrics, "perf/learner_s": end - start}
 
     def fault_metrics(self) -> dict[str, float]:
@@ -190,7 +247,7 @@ class Job:
         self.rollout.push_weights(self.learner.weights_ref(), version)
         self.state.version = version
         end = time.perf_counter()
-        self.source.timeline.record("push", start, end)
+        self.source.timeline.record("push", start, end, "learner")
         return end - start
 
     def warm_up(self) -> None:
@@ -244,12 +301,29 @@ class Job:
 
     def _eval_results(self, params: SamplingParams) -> list[list]:
         """Generate `params.n` responses per row and score them: per row, its `RewardResult`s."""
+        if self.agent is not None:
+            return self._eval_episodes(params)
         prompts = self.eval_prompts
         completions = self.rollout.generate([p.ids for p in prompts], params)
         items = [(p.text, self.tokenizer.decode(c.token_ids, skip_special_tokens=True), p.metadata)
                  for p, cs in zip(prompts, completions) for c in cs]
         results = self.rewards.score_items(items)
         return [results[i * params.n:(i + 1) * params.n] for i in range(len(prompts))]
+
+    def _eval_episodes(self, params: SamplingParams) -> list[list[RewardResult]]:
+        """`params.n` agent episodes per held-out row, graded: per row, their results."""
+        play, engines = self._agent_player(params), len(self.rollout.workers)
+        never = threading.Event()
+
+        def episode(k: int) -> RewardResult:
+            prompt = self.eval_prompts[k // params.n]
+            turns = EngineTurns(self.rollout, k % engines, self.cfg.rollout.generate_timeout_s, never)
+            sample = play(prompt, turns, f"eval-{k}", f"eval-{k // params.n}")
+            return RewardResult(sample.reward, sample.reward_details, sample.reward_error)
+
+        with ThreadPoolExecutor(self.cfg.rollout.episodes_in_flight, thread_name_prefix="eval-episode") as pool:
+            results = list(pool.map(episode, range(len(self.eval_prompts) * params.n)))
+        return [results[i * params.n:(i + 1) * params.n] for i in range(len(self.eval_prompts))]
 
     def save(self) -> Path:
         """HF model + tokenizer, DeepSpeed state and the trainer state of the current step, with the
@@ -280,9 +354,24 @@ class Job:
         print(f"W&B run ({self.tracker.mode}): {self.tracker.location}")
         print(f"checkpoint: {checkpoint / 'hf'}")
         print(f"eval greedy reward: {final_eval['eval/greedy_reward']:.3f}")
+        report = self.write_report()
+        if report is not None:
+            print(f"report: {report}")
         print(format_summary(summary), flush=True)
         return {**summary, **final_eval, "optimizer_steps": self.learner.optimizer_steps(),
                 "checkpoint": str(checkpoint / "hf"), "wandb": self.tracker.location}
+
+    def write_report(self) -> Path | None:
+        """output_dir/report.html of the run so far (`cispo-train report`), or None with a warning: a
+        report that fails never stops training."""
+        self.source.timeline.write(self.out)
+        try:
+            from cispo.report import write_report
+
+            return write_report([self.out], self.out / "report.html")
+        except Exception as e:  # noqa: BLE001 - the report is a view of the run, not part of it
+            self.tracker.alert("report not written", f"{type(e).__name__}: {e}")
+            return None
 
     def shutdown(self) -> None:
         self.source.stop(self.out)
@@ -290,3 +379,5 @@ class Job:
         self.learner.shutdown()
         self.rollout.shutdown()
         self.rewards.shutdown()
+        if self.sandboxes is not None:
+            self.sandboxes.close()

@@ -7,7 +7,8 @@ scored once more on the replacement; if that one dies too, the samples get an er
 and are masked. Either way nothing is silently dropped, and replacements are
 counted (`restarts`). When a step's error fraction
 passes `max_error_fraction`, the job stops with `RewardFunctionError`, naming the
-function and showing one traceback.
+function and showing one traceback; a worker stops scoring its part once the step's
+budget is spent, so a failing function fails the job in seconds.
 
 Several threads may score at once (the rollout source keeps several scoring calls in
 flight; evaluation scores while it runs): each call works on the worker handles it
@@ -17,13 +18,14 @@ a lock, so two calls that saw the same worker fail replace it once.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass
 
 import ray
 
-from cispo.reward.worker import RewardResult, RewardWorker
+from cispo.reward.worker import NOT_SCORED, RewardResult, RewardWorker
 from cispo.types import Sample
 
 
@@ -75,13 +77,16 @@ class RewardPool:
         """How long a worker may take for n items: it scores them one after another, each within timeout_s."""
         return self.timeout_s * (1 if self.batched else n_items) + 30.0
 
-    def score_items(self, items: list[tuple[str, str, dict]]) -> list[RewardResult]:
-        """Score (prompt, response, metadata) items, in order, spread over the workers."""
+    def score_items(self, items: list[tuple[str, str, dict]], max_errors: int | None = None) -> list[RewardResult]:
+        """Score (prompt, response, metadata) items, in order, spread over the workers.
+
+        A worker whose part has more than `max_errors` errors leaves the rest of it unscored."""
         with self._lock:
             workers = list(self.workers)
         n = len(workers)
         parts = [list(range(i, len(items), n)) for i in range(n)]
-        refs = {i: workers[i].score.remote([items[j] for j in part]) for i, part in enumerate(parts) if part}
+        refs = {i: workers[i].score.remote([items[j] for j in part], max_errors)
+                for i, part in enumerate(parts) if part}
         deadline = {i: time.monotonic() + self._time_limit_s(len(parts[i])) for i in refs}
         results: list[RewardResult | None] = [None] * len(items)
         with_errors = set()  # workers whose part has an error: one of them may have been poisoned
@@ -90,11 +95,14 @@ class RewardPool:
             try:
                 part_results = ray.get(ref, timeout=max(0.0, deadline[i] - time.monotonic()))
             except ray.exceptions.GetTimeoutError:
-                part_results = [RewardResult(None, error=f"{self.spec}: reward worker hung past its deadline")] * len(part)
+                hung = RewardResult(None, error=f"{self.spec}: the reward worker did not answer within "
+                                                f"{self._time_limit_s(len(part)):g} s for {len(part)} samples "
+                                                f"(reward.timeout_s={self.timeout_s:g} each, and 30 s); replaced")
+                part_results = [hung] * len(part)
                 self._replace(i, workers[i])
             except ray.exceptions.RayActorError:
                 self._replace(i, workers[i])
-                part_results = self._score_again(i, part)
+                part_results = self._score_again(i, part, max_errors)
             for j, result in zip(parts[i], part_results):
                 results[j] = result
             if any(r.error is not None for r in part_results):
@@ -112,11 +120,11 @@ class RewardPool:
                 self._replace(i, worker)  # a timed-out call is still running in that worker
         return results  # type: ignore[return-value]
 
-    def _score_again(self, i: int, part: list[tuple[str, str, dict]]) -> list[RewardResult]:
+    def _score_again(self, i: int, part: list[tuple[str, str, dict]], max_errors: int | None) -> list[RewardResult]:
         """Score a dead worker's part on its replacement; errors (masked) if that one dies as well."""
         worker = self.workers[i]
         try:
-            return ray.get(worker.score.remote(part), timeout=self._time_limit_s(len(part)))
+            return ray.get(worker.score.remote(part, max_errors), timeout=self._time_limit_s(len(part)))
         except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError) as e:
             self._replace(i, worker)
             return [RewardResult(None, error=f"{self.spec}: reward worker died, and its replacement "
@@ -125,16 +133,20 @@ class RewardPool:
     def score(self, samples: list[Sample]) -> RewardStats:
         """Fill reward, reward_details and reward_error of every sample; stop the job past the error budget."""
         start = time.perf_counter()
-        results = self.score_items([(s.prompt_text, s.response_text, s.metadata) for s in samples])
+        budget = math.floor(self.max_error_fraction * len(samples))  # more errors than this fail the step
+        results = self.score_items([(s.prompt_text, s.response_text, s.metadata) for s in samples], budget)
         for sample, result in zip(samples, results):
             sample.reward, sample.reward_details, sample.reward_error = result.score, result.details, result.error
         stats = RewardStats(scored=len(samples), errors=sum(s.reward_error is not None for s in samples),
                             seconds=time.perf_counter() - start)
         if samples and stats.errors / len(samples) > self.max_error_fraction:
-            example = next(s.reward_error for s in samples if s.reward_error is not None)
+            failed = [r.error for r in results if r.error is not None and not r.error.startswith(NOT_SCORED)]
+            unscored = stats.errors - len(failed)
             raise RewardFunctionError(
-                f"reward function {self.spec} failed on {stats.errors}/{len(samples)} samples of this step "
-                f"(more than reward.max_error_fraction={self.max_error_fraction}). One of the errors:\n{example}"
+                f"reward function {self.spec} failed on {len(failed)}/{len(samples)} samples of this step "
+                f"(more than reward.max_error_fraction={self.max_error_fraction})"
+                + (f"; {unscored} more were not scored once that was certain" if unscored else "")
+                + f". One of the errors:\n{failed[0]}"
             )
         return stats
 

@@ -23,7 +23,7 @@ CISPO_TRAIN = Path(sys.executable).parent / "cispo-train"
 ADDED_GROUPS = {"experiment"}
 # Options that are only valid together with another choice (the rule validate applies).
 COMPANIONS = {("model", "qwen2_tiny"): ["rollout=vllm"],  # the built-in sampler runs the hybrid model only
-              ("rollout", "vllm"): ["model=qwen2_tiny"]}  # vLLM has no MiniMax model class
+              ("task", "swe"): ["task.path=tasks.jsonl"]}  # a user's own file: the option names none
 
 
 def group_options() -> list[tuple[str, str]]:
@@ -73,7 +73,18 @@ def test_cli_prints_the_resolved_config():
     assert res.returncode == 0, res.stderr
     printed = yaml.safe_load(res.stdout)
     assert printed["task"]["name"] == "swe_synthetic" and printed["trainer"]["steps"] == 7
-    assert set(printed) == {"model", "rollout", "learner", "algo", "task", "reward", "logger", "trainer", "ray"}
+    assert set(printed) == {"model", "rollout", "learner", "algo", "task", "env", "reward", "logger", "trainer", "ray"}
+
+
+def test_help_shows_each_key_under_its_comment_for_the_composed_config():
+    res, _ = run_cli("--help", "reward=math")
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    timeout = lines.index("  timeout_s: 60.0")  # conf/reward/math.yaml sets it
+    assert lines[timeout - 2].startswith("  # Per-sample time limit")  # the comment above the field in config.py
+    assert "  fn: cispo.reward.math:math_verify_reward" in lines  # the override's values, not the defaults
+    assert "  rollout: builtin, vllm" in lines  # the groups and their options
+    assert yaml.safe_load(res.stdout.split("section.key=value):\n", 1)[1])["reward"]["timeout_s"] == 60.0
 
 
 @pytest.mark.parametrize("override,named", [

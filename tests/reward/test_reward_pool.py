@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,30 @@ def test_hanging_call_times_out_and_worker_is_replaced(ray_session):
     again = samples("ok")
     pool.score(again)
     assert again[0].reward == 1.0
+    pool.shutdown()
+
+
+def test_many_hanging_calls_wait_out_their_limits_together(ray_session):
+    pool = RewardPool(f"{USER_FILE}:hanging_reward", timeout_s=1.0, max_error_fraction=1.0)
+    batch = samples(*["hang"] * 16)
+    start = time.monotonic()
+    pool.score(batch)
+    assert all("timed out after 1 s" in s.reward_error for s in batch)
+    assert time.monotonic() - start < 8  # one after another they took 16 s; together about 2
+    pool.shutdown()
+
+
+def test_scoring_stops_once_the_error_budget_is_spent(ray_session, tmp_path):
+    calls = tmp_path / "calls"
+    pool = RewardPool(f"{USER_FILE}:counted_raising_reward", timeout_s=5, max_error_fraction=0.25)
+    batch = samples(*"abcdefgh")
+    for s in batch:
+        s.metadata = {"calls_file": str(calls)}
+    with pytest.raises(RewardFunctionError) as info:
+        pool.score(batch)
+    assert len(calls.read_text().splitlines()) == 3  # the budget is 2 of 8: the third error fails the step
+    assert "failed on 3/8 samples" in str(info.value) and "5 more were not scored" in str(info.value)
+    assert str(info.value).count("Traceback") == 1
     pool.shutdown()
 
 

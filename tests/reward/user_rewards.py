@@ -69,3 +69,17 @@ def batch_reward(prompts, responses, metadatas):
 
 
 NOT_A_FUNCTION = 3
+
+
+def counted_raising_reward(prompt, response, metadata):
+    """Raises, after noting the call in metadata["calls_file"]."""
+    with open(metadata["calls_file"], "a") as f:
+        f.write("call\n")
+    raise ValueError("cannot score")
+
+
+def gil_holding_reward(prompt, response, metadata):
+    """Never returns and never lets another thread run: a catastrophic regex in C holds the GIL."""
+    import re
+
+    re.fullmatch(r"(a+)+b", "a" * 64)
