@@ -438,7 +438,8 @@ def validate(cfg: Config) -> Config:
                f"agent episodes play SWE tasks (task=swe or task=swe_synthetic), not task.name={t.name!r}")
         _check(e.max_response_tokens < m.max_position_embeddings, "env.max_response_tokens",
                f"{e.max_response_tokens} leaves no room for the prompt in model.max_position_embeddings="
-               f"{m.max_position_embeddings}")
+               f"{m.max_position_embeddings}: raise model.max_position_embeddings (an agent's prompt with its "
+               "tool docs is ~1,500 byte tokens) or lower env.max_response_tokens")
     _check(t.name in task_names() or ":" in t.name, "task.name",
            f"{t.name!r} is unknown; built-in: {', '.join(task_names())}, or 'package.module:Class' / "
            "'/path/to/file.py:Class' for your own")

@@ -87,9 +87,9 @@ def agent_format(tokenizer, template: str | None = None) -> AgentFormat:
 
     if template is None and tokenizer.chat_template is None:
         return BUILTIN_FORMAT
-    if render(_PROBE, True) == render(_PROBE, True, tools=None):
-        return BUILTIN_FORMAT  # the template ignores tools
     opened = render(_PROBE, True)
+    if opened == render(_PROBE, True, tools=None):
+        return BUILTIN_FORMAT  # the template ignores tools
     turn_prefix = opened[len(render(_PROBE, False)):]
     chat = _PROBE + [{"role": "assistant", "content": _ASSISTANT}, {"role": "tool", "content": _OBSERVATION}]
     framed = render(chat, True)

@@ -99,6 +99,7 @@ def test_help_shows_each_key_under_its_comment_for_the_composed_config():
     ("model.path=/some/missing/dir", "model.path: /some/missing/dir does not exist"),
     ("task.name=nosuchtask", "task.name: 'nosuchtask' is unknown"),
     ("learner.world_size=4 ray.num_cpus=2", "reserve 5 CPUs (4 learner ranks"),  # hung for good before
+    ("env.mode=agent task=swe_synthetic", "raise model.max_position_embeddings"),  # the default model is too short
 ])
 def test_cli_rejects_a_bad_config_fast_naming_the_key(override, named):
     res, seconds = run_cli(*override.split())
