@@ -6,12 +6,19 @@ policy, in a fresh sandbox pool with as many slots as episodes in flight; an epi
 (sampling, then the tool), the diff graded in another sandbox.
 
 The policy: the benchmark model (`bench/model_common.py`, random weights, one torch
-thread) samples every turn for real, as many tokens as the turn holds, from the whole
-episode so far, on one engine (calls queue, as on one rollout worker). The turn it hands
-back is a fixed trajectory, the same for every setting: look at the repository, apply
-the gold patch, run the tests, submit. A random-weight model's tokens are no tool calls;
-this way sampling costs what these turns would, and the tools, sandboxes and grading do
-their real work.
+thread) samples every turn for real, from the whole episode so far, on one built-in
+sampler engine actor (`EngineGroup`), through the job's own `EngineTurns`: the turns
+episodes ask for while the engine is busy go out together in its next call, one call
+per distinct sampling params. The turn it hands back is a fixed trajectory, the same
+for every setting: look at the repository, apply the gold patch, run the tests, submit.
+A random-weight model's tokens are no tool calls; this way sampling costs what these
+turns would, and the tools, sandboxes and grading do their real work.
+
+A random-weight model never samples a stop token, so a turn samples its length rounded
+up to a multiple of `TURN_BUCKET` tokens: in a job every turn asks for the same
+`max_turn_tokens` and ends at its stop token, so turns of any length share a call;
+here only turns of one bucket do (the short ones, and the patches), which is the
+cautious side.
 
 `--no-sampling` hands the turns back at once: the environment's side alone, what a
 policy much faster than this CPU's (a batching engine, a GPU) approaches.
@@ -28,16 +35,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import ray
 import torch
 import transformers
 from model_common import hf_config
 
-import cispo.model as cm
 from cispo.envs.agent import AgentConfig, AgentResult, run_episode
 from cispo.envs.image import build_base_image
 from cispo.envs.pool import SandboxPool
@@ -46,40 +54,37 @@ from cispo.envs.swe_agent import reference_trajectory
 from cispo.envs.swe_instances import SWEInstance, load_instances
 from cispo.envs.swe_synthetic import generate
 from cispo.envs.swe_task import SWETask
+from cispo.rollout.engines import EngineGroup, EngineSpec
+from cispo.rollout.episodes import EngineTurns
 from cispo.types import Completion, SamplingParams
 
 CONFIG = AgentConfig(max_turns=8)
 PARTS = ("sampling", "tools", "sandbox", "grade", "other")
+TURN_BUCKET = 128  # a turn samples its length rounded up to this many tokens (see the module docstring)
+TIMEOUT_S = 600.0  # generate deadline of a turn, and of a weight push
 
 
-class Engine:
-    """One sampler; concurrent calls queue for it, as for one rollout worker."""
-
-    def __init__(self):
-        torch.set_num_threads(1)
-        with tempfile.TemporaryDirectory() as d:
-            torch.manual_seed(0)
-            transformers.MiniMaxForCausalLM(hf_config()).save_pretrained(d)
-            self.sampler = cm.Sampler(cm.from_pretrained(d), max_batch=1)
-        self.lock = threading.Lock()
-
-    def sample(self, prompt: list[int], tokens: int) -> None:
-        with self.lock:
-            self.sampler.generate([prompt], SamplingParams(max_tokens=tokens))
+def start_engine(checkpoint_dir: str) -> EngineGroup:
+    """One built-in sampler engine actor holding the benchmark model, with one torch thread."""
+    torch.manual_seed(0)
+    transformers.MiniMaxForCausalLM(hf_config()).save_pretrained(checkpoint_dir)
+    spec = EngineSpec("builtin", checkpoint_dir, num_cpus=1.0, num_gpus=0.0, kwargs={"num_threads": 1})
+    return EngineGroup(spec, num_workers=1, generate_timeout_s=TIMEOUT_S, push_timeout_s=TIMEOUT_S)
 
 
 class TrajectoryPolicy:
-    """Samples each turn's length in tokens on the engine, then hands back the trajectory's turn."""
+    """Samples each turn (its length, bucketed) on the engine, then hands back the trajectory's turn."""
 
-    def __init__(self, engine: Engine | None, tokenizer, turns: list[str]):
-        self.engine, self.tok, self.turns = engine, tokenizer, list(turns)
+    def __init__(self, turns_on_engine: EngineTurns | None, tokenizer, turns: list[str]):
+        self.engine, self.tok, self.turns = turns_on_engine, tokenizer, list(turns)
         self.seconds = 0.0
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         ids = self.tok.encode(self.turns.pop(0), add_special_tokens=False)[: params.max_tokens]
         if self.engine is not None:
+            tokens = min(params.max_tokens, math.ceil(len(ids) / TURN_BUCKET) * TURN_BUCKET)
             start = time.perf_counter()
-            self.engine.sample(prompts[0], len(ids))
+            self.engine.generate(prompts, dataclasses.replace(params, max_tokens=tokens))
             self.seconds += time.perf_counter() - start
         return [[Completion(ids, [0.0] * len(ids), "stop", 0)]]
 
@@ -111,14 +116,15 @@ class Setting:
         return {part: seconds / total for part, seconds in spent.items()}
 
 
-def play(task: SWEInstance, engine: Engine | None, tokenizer, pool: SandboxPool) -> tuple[AgentResult, float, float]:
+def play(task: SWEInstance, engine: EngineTurns | None, tokenizer,
+         pool: SandboxPool) -> tuple[AgentResult, float, float]:
     policy = TrajectoryPolicy(engine, tokenizer, trajectory(task))
     start = time.perf_counter()
     result = run_episode(task, policy, tokenizer, pool, config=CONFIG)
     return result, time.perf_counter() - start, policy.seconds
 
 
-def run_setting(in_flight: int, tasks: list[SWEInstance], engine: Engine | None, tokenizer) -> Setting:
+def run_setting(in_flight: int, tasks: list[SWEInstance], engine: EngineTurns | None, tokenizer) -> Setting:
     with SandboxPool(max_concurrency=in_flight) as pool, ThreadPoolExecutor(in_flight) as threads:
         start = time.perf_counter()
         episodes = list(threads.map(lambda t: play(t, engine, tokenizer, pool), tasks))
@@ -139,10 +145,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         synthetic = load_instances(generate(d))
         tasks = [synthetic[i % len(synthetic)] for i in range(args.episodes)]
-        tokenizer, engine = SWETask.build_tokenizer(), None if args.no_sampling else Engine()
+        tokenizer, engine = SWETask.build_tokenizer(), None
+        if not args.no_sampling:
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+            engines = start_engine(f"{d}/policy")
+            engine = EngineTurns(engines, 0, TIMEOUT_S, threading.Event())
         settings = [run_setting(n, tasks, engine, tokenizer) for n in args.in_flight]
+        if engine is not None:
+            engines.shutdown()
     base = settings[0]
-    policy = "no sampling" if args.no_sampling else "sampled on one engine"
+    policy = "no sampling" if args.no_sampling else "sampled on one engine, turns batched"
     print(f"{args.episodes} episodes per setting, {policy}; shares of the episodes' summed time")
     print(f"{'in flight':>9} {'episodes/s':>10} {'vs ' + str(base.in_flight):>6} {'episode s':>9} "
           + " ".join(f"{p:>8}" for p in PARTS))

@@ -45,6 +45,11 @@ class RolloutConfig:
     engine: str = "vllm"
     # Rollout actors; each holds one engine.
     num_workers: int = 1
+    # Colocated layout (verl's hybrid engine): each learner rank holds one engine in its own process and
+    # generates its share of the prompts; weights reach it in memory, not through Ray. The learner and the
+    # engine take turns on the rank's devices (on a GPU, vLLM sleeps while the learner steps), so it runs
+    # with the synchronous driver only. num_workers, num_cpus/gpus_per_worker and resources are unused.
+    colocate: bool = False
     # CPUs reserved per rollout actor (GPUs: see num_gpus_per_worker).
     num_cpus_per_worker: float = 1.0
     num_gpus_per_worker: float = 0.0
@@ -161,6 +166,12 @@ class AlgoConfig:
     # null = the correction's default (tis/mis: 2 above, icepop: [0.5, 5], mis_geo: [0.999, 1.001]).
     correction_low: Optional[float] = None
     correction_high: Optional[float] = None
+    # MoE routing replay (R3): the learner's MoE layers send each token to the experts the sampler
+    # routed it to (recorded by the built-in sampler, prompt included) instead of their own top-k; the
+    # gate weights still come from the learner's router, renormalised over those experts, so the router
+    # keeps training. Tokens without a record use the learner's own top-k. moe/routing_agreement (own top-k
+    # set = sampler's) and moe/layer{i}/load_max_over_mean are logged either way.
+    routing_replay: bool = False
     # DAPO overlong reward shaping: over the last overlong_buffer tokens before the response cap the
     # reward gets a penalty rising linearly to -overlong_penalty (DAPO: 4096 of 20480, 1.0); 0 = off.
     overlong_buffer: int = 0
@@ -179,7 +190,7 @@ class AlgoConfig:
 
 @dataclass
 class TaskConfig:
-    # A registered task (addition, dataset, math, swe, swe_synthetic; cispo.envs.task) or your own as
+    # A registered task (addition, dataset, math, swe, swe_synthetic, swe_edit; cispo.envs.task) or your own as
     # "package.module:Class" / "/path/to/file.py:Class", built as Class(task config).
     name: str = "addition"
     # Addition: operands have between min_digits and max_digits digits.
@@ -189,7 +200,7 @@ class TaskConfig:
     seed: int = 1234
     # Held-out prompts for evaluation (drawn from a disjoint seed).
     eval_size: int = 64
-    # SWE tasks: where swe_synthetic writes (and reuses) its generated task set; relative to the cwd.
+    # SWE tasks: where swe_synthetic / swe_edit write (and reuse) their generated task sets; relative to the cwd.
     data_dir: str = "outputs/swe_synthetic_tasks"
     # (task=swe takes `path`: a SWE-bench-shaped tasks.jsonl, the rows `cispo-env score` reads.)
     # task=swe checks its tasks before training (gold and empty patch graded twice each, as
@@ -217,7 +228,7 @@ class TaskConfig:
 
 @dataclass
 class EnvConfig:
-    # How a SWE task (task=swe, task=swe_synthetic) is played. single_shot: the response is a diff in a
+    # How a SWE task (task=swe, swe_synthetic, swe_edit) is played. single_shot: the response is a diff in a
     # ```diff block, graded by reward.fn. agent: a multi-turn episode in a Docker sandbox (tools bash,
     # str_replace_editor, submit), graded by the task's tests; reward.fn is not called.
     mode: str = "single_shot"
@@ -229,6 +240,9 @@ class EnvConfig:
     max_observation_tokens: int = 256
     tool_timeout_s: float = 30.0
     episode_timeout_s: float = 600.0
+    # Describe the tools in the prompt (built-in text format; a chat template declares them anyway).
+    # false: a terse prompt (~150 byte tokens instead of ~900) for a policy that learns the calls by SFT.
+    tool_docs: bool = True
 
 @dataclass
 class RewardConfig:
@@ -279,7 +293,8 @@ class TrainerConfig:
     sft_steps: int = 100
     sft_batch_size: int = 64
     sft_lr: float = 1e-3
-    # Evaluate greedy accuracy on the held-out split every N steps; 0 = only at the end.
+    # Evaluate greedy accuracy on the held-out split every N steps, and at step 0 (after the warm-up,
+    # before any RL step); 0 = only at the end.
     eval_every: int = 0
     # Also sample this many responses per held-out prompt at rollout.temperature and log pass@k
     # (unbiased estimator) for k = 1, 2, 4, ..., eval_samples; 0 = greedy only.
@@ -349,6 +364,26 @@ def unknown_keys(values: dict, schema: type = None, prefix: str = "") -> list[st
     return out
 
 
+def _check_routing_replay(cfg: Config) -> None:
+    """algo.routing_replay needs an MoE policy and an engine that records the experts it routed to."""
+    m, r = cfg.model, cfg.rollout
+    if m.path:
+        from cispo.policy import HYBRID_MODEL_TYPE, checkpoint_config
+
+        hf = checkpoint_config(m.path)
+        moe, experts = hf.get("model_type") == HYBRID_MODEL_TYPE, hf.get("num_local_experts", 0)
+        model = f"model.path={m.path} (model_type {hf.get('model_type')!r})"
+    else:
+        moe, experts, model = m.arch == "minimax", m.num_experts, f"model.arch={m.arch}"
+    _check(moe, "algo.routing_replay", f"{model} has no MoE layers whose routing could be replayed")
+    _check(experts <= 256, "algo.routing_replay",
+           f"the sampler records expert ids one byte each (up to 256 experts); the model has {experts}")
+    _check(r.engine == "builtin", "algo.routing_replay",
+           f"rollout.engine={r.engine} records no routing: only the built-in sampler does (rollout=builtin)")
+    _check(cfg.env.mode != "agent", "algo.routing_replay",
+           "agent episodes (env.mode=agent) do not carry the sampler's routing yet: nothing would be replayed")
+
+
 def validate(cfg: Config) -> Config:
     """Check the rules that span fields; raise ConfigError naming the key and the rule."""
     from cispo.envs.task import task_names
@@ -373,6 +408,13 @@ def validate(cfg: Config) -> Config:
         _check(not (m.arch == "qwen2" and r.engine == "builtin"), "rollout.engine",
                "the built-in sampler runs the hybrid model only; use rollout=vllm with model.arch=qwen2")
     _check(r.num_workers >= 1, "rollout.num_workers", "must be >= 1")
+    if r.colocate:
+        _check(r.num_workers == 1, "rollout.num_workers", f"is {r.num_workers}, but rollout.colocate=true puts one "
+               f"engine in each learner rank (learner.world_size={l.world_size} of them): leave it at 1")
+        _check(tr.max_staleness == 0, "trainer.max_staleness",
+               f"is {tr.max_staleness}, but rollout.colocate=true runs the synchronous driver only: the learner "
+               "and its engine take turns on the same devices, so there is no generation to overlap a step "
+               "with. Use max_staleness=0, or rollout.colocate=false for the async driver")
     _check(r.prompts_per_step >= 1, "rollout.prompts_per_step", "must be >= 1")
     _check(r.temperature > 0, "rollout.temperature", "must be > 0 (log-probs are of the tempered policy)")
     _check(0 < r.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {r.top_p}")
@@ -402,6 +444,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"{keys}: {e}") from e
     _check(correction is None or a.old_logp == "recompute", "algo.correction",
            f"{a.correction} weights the loss by pi_old / pi_rollout, which is 1 unless algo.old_logp=recompute")
+    if a.routing_replay:
+        _check_routing_replay(cfg)
     _check(l.mini_batches >= 1, "learner.mini_batches", "must be >= 1")
     _check(l.epochs >= 1, "learner.epochs", "must be >= 1")
     units, unit = (r.prompts_per_step, "groups") if not l.split_groups else (samples, "samples")
@@ -434,8 +478,8 @@ def validate(cfg: Config) -> Config:
         _check(getattr(e, key) > 0, f"env.{key}", f"must be > 0, got {getattr(e, key)}")
     _check(r.episodes_in_flight >= 1, "rollout.episodes_in_flight", f"must be >= 1, got {r.episodes_in_flight}")
     if e.mode == "agent":
-        _check(t.name in ("swe", "swe_synthetic") or ":" in t.name, "env.mode",
-               f"agent episodes play SWE tasks (task=swe or task=swe_synthetic), not task.name={t.name!r}")
+        _check(t.name in ("swe", "swe_synthetic", "swe_edit") or ":" in t.name, "env.mode",
+               f"agent episodes play SWE tasks (task=swe, swe_synthetic or swe_edit), not task.name={t.name!r}")
         _check(e.max_response_tokens < m.max_position_embeddings, "env.max_response_tokens",
                f"{e.max_response_tokens} leaves no room for the prompt in model.max_position_embeddings="
                f"{m.max_position_embeddings}: raise model.max_position_embeddings (an agent's prompt with its "
@@ -454,7 +498,8 @@ def validate(cfg: Config) -> Config:
     _check(cfg.logger.mode in ("auto", "offline", "online", "disabled"), "logger.mode",
            f"must be auto, offline, online or disabled, got {cfg.logger.mode!r}")
     if cfg.ray.address is None and cfg.ray.num_cpus is not None:  # a local Ray of a fixed size: would it fit?
-        ranks, engines = l.world_size * l.num_cpus_per_rank, r.num_workers * r.num_cpus_per_worker
+        ranks = l.world_size * l.num_cpus_per_rank
+        engines = 0 if r.colocate else r.num_workers * r.num_cpus_per_worker
         _check(ranks + engines <= cfg.ray.num_cpus, "ray.num_cpus",
                f"the job's actors reserve {ranks + engines:g} CPUs ({l.world_size} learner ranks x "
                f"learner.num_cpus_per_rank={l.num_cpus_per_rank:g} + {r.num_workers} rollout engines x "

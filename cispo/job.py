@@ -36,6 +36,7 @@ from cispo.envs.swe_agent import AgentPlayer, AgentTask
 from cispo.envs.swe_task import SWETask
 from cispo.envs.task import TaskRow, make_task
 from cispo.learner.batch import sft_batch
+from cispo.learner.colocated import ColocatedEngines
 from cispo.learner.group import LearnerGroup
 from cispo.learner.update import learner_update
 from cispo.policy import create_policy
@@ -68,8 +69,8 @@ def connect_ray(cfg: Config) -> None:
 def cpus_needed(cfg: Config) -> float:
     """Logical CPUs the job's actors reserve. A local Ray offers at least this many, so a
     laptop (or this 2-core CI machine) runs the same job a cluster does, time-shared."""
-    return (cfg.learner.world_size * cfg.learner.num_cpus_per_rank
-            + cfg.rollout.num_workers * cfg.rollout.num_cpus_per_worker)
+    engines = 0 if cfg.rollout.colocate else cfg.rollout.num_workers * cfg.rollout.num_cpus_per_worker
+    return cfg.learner.world_size * cfg.learner.num_cpus_per_rank + engines
 
 
 def agent_config(cfg: Config) -> AgentConfig:
@@ -77,16 +78,17 @@ def agent_config(cfg: Config) -> AgentConfig:
     e = cfg.env
     return AgentConfig(max_turns=e.max_turns, max_response_tokens=e.max_response_tokens,
                        max_turn_tokens=e.max_turn_tokens, max_observation_tokens=e.max_observation_tokens,
-                       command_timeout=e.tool_timeout_s, max_seconds=e.episode_timeout_s)
+                       command_timeout=e.tool_timeout_s, max_seconds=e.episode_timeout_s, tool_docs=e.tool_docs)
 
 
 def check_placement(cfg: Config) -> None:
     """Fail at once when no node of the cluster could ever hold a learner rank or an engine (a custom
     resource no node offers, more GPUs than any node has), rather than wait for room that never comes."""
     asks = {"a learner rank": {"CPU": cfg.learner.num_cpus_per_rank, "GPU": cfg.learner.num_gpus_per_rank,
-                               **cfg.learner.resources},
-            "a rollout engine": {"CPU": cfg.rollout.num_cpus_per_worker, "GPU": cfg.rollout.num_gpus_per_worker,
-                                 **cfg.rollout.resources}}
+                               **cfg.learner.resources}}
+    if not cfg.rollout.colocate:  # colocated engines live in the learner ranks
+        asks["a rollout engine"] = {"CPU": cfg.rollout.num_cpus_per_worker, "GPU": cfg.rollout.num_gpus_per_worker,
+                                    **cfg.rollout.resources}
     nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
     for who, ask in asks.items():
         ask = {name: amount for name, amount in ask.items() if amount}
@@ -108,8 +110,8 @@ class Job:
         self.agent = agent_config(cfg) if cfg.env.mode == "agent" else None
         if self.agent is not None:
             if not isinstance(self.task, SWETask):
-                raise ConfigError(f"env.mode=agent plays SWE tasks (task=swe or swe_synthetic), not task.name="
-                                  f"{cfg.task.name!r}")
+                raise ConfigError(f"env.mode=agent plays SWE tasks (task=swe, swe_synthetic or swe_edit), not "
+                                  f"task.name={cfg.task.name!r}")
         connect_ray(cfg)
         check_placement(cfg)
         self.state = TrainState()
@@ -150,13 +152,18 @@ class Job:
             if resumed is not None:
                 self.learner.load_checkpoint(str(deepspeed_dir(self.out)), tag(self.state.step))
             r = cfg.rollout
-            kwargs = ({"dtype": r.dtype, "max_model_len": cfg.model.max_position_embeddings,
-                       "kv_cache_gib": r.kv_cache_gib}
-                      if r.engine == "vllm" else {"num_threads": max(1, int(r.num_cpus_per_worker))})
-            self.rollout = EngineGroup(
-                EngineSpec(r.engine, str(policy_dir), r.num_cpus_per_worker, r.num_gpus_per_worker, kwargs,
-                           cfg.trainer.seed, dict(r.resources)),
-                r.num_workers, r.generate_timeout_s, r.weight_push_timeout_s, max_restarts=r.max_restarts)
+            if r.engine == "vllm":
+                kwargs = {"dtype": r.dtype, "max_model_len": cfg.model.max_position_embeddings,
+                          "kv_cache_gib": r.kv_cache_gib}
+            else:  # a colocated sampler keeps its learner rank's threads
+                kwargs = {"num_threads": None if r.colocate else max(1, int(r.num_cpus_per_worker))}
+            spec = EngineSpec(r.engine, str(policy_dir), r.num_cpus_per_worker, r.num_gpus_per_worker, kwargs,
+                              cfg.trainer.seed, dict(r.resources))
+            if r.colocate:
+                self.rollout = ColocatedEngines(self.learner, spec, r.generate_timeout_s)
+            else:
+                self.rollout = EngineGroup(spec, r.num_workers, r.generate_timeout_s, r.weight_push_timeout_s,
+                                           max_restarts=r.max_restarts)
             started.callback(self.rollout.shutdown)
             rw = cfg.reward
             self.rewards = RewardPool(rw.fn, rw.timeout_s, rw.max_error_fraction, rw.num_workers, rw.batched)
@@ -244,26 +251,33 @@ class Job:
     def push_weights(self, version: int) -> float:
         """The learner's weights into every engine, as policy version `version`; seconds taken."""
         start = time.perf_counter()
-        self.rollout.push_weights(self.learner.weights_ref(), version)
+        if isinstance(self.rollout, ColocatedEngines):  # in memory, in each learner rank
+            self.rollout.push_weights(version)
+        else:
+            self.rollout.push_weights(self.learner.weights_ref(), version)
         self.state.version = version
         end = time.perf_counter()
         self.source.timeline.record("push", start, end, "learner")
         return end - start
 
     def warm_up(self) -> None:
-        """Supervised warm-up on the task's reference answers, then the engines get the weights.
+        """Supervised warm-up on the task's reference answers, then the engines get the weights; with
+        trainer.eval_every > 0 the held-out split is then evaluated at step 0, before any RL step.
         A resumed job was warmed up before; trainer.sft_steps=0 turns it off."""
         tc = self.cfg.trainer
-        if self.resumed or tc.sft_steps == 0:
+        if self.resumed:
             return
-        losses, pairs = [], self._reference_pairs()
-        for _ in tqdm(range(tc.sft_steps), desc="warm-up (supervised)", unit="step", dynamic_ncols=True,
-                      disable=not self.cfg.logger.progress_bar):
-            prompts, answers = zip(*(next(pairs) for _ in range(tc.sft_batch_size)))
-            losses.append(self.learner.sft_step(sft_batch(list(prompts), list(answers), self.tokenizer.pad_token_id),
-                                                tc.sft_lr)["sft_loss"])
-        self.push_weights(0)
-        self.tracker.log_static({"sft/loss_first": losses[0], "sft/loss_last": losses[-1]})
+        if tc.sft_steps:
+            losses, pairs = [], self._reference_pairs()
+            for _ in tqdm(range(tc.sft_steps), desc="warm-up (supervised)", unit="step", dynamic_ncols=True,
+                          disable=not self.cfg.logger.progress_bar):
+                prompts, answers = zip(*(next(pairs) for _ in range(tc.sft_batch_size)))
+                batch = sft_batch(list(prompts), list(answers), self.tokenizer.pad_token_id)
+                losses.append(self.learner.sft_step(batch, tc.sft_lr)["sft_loss"])
+            self.push_weights(0)
+            self.tracker.log_static({"sft/loss_first": losses[0], "sft/loss_last": losses[-1]})
+        if tc.eval_every:
+            self.tracker.log(0, self.evaluate(), advance=False)
 
     def _reference_pairs(self):
         """(prompt ids, answer ids) of the task's reference pairs in order, skipping those longer than
@@ -312,13 +326,14 @@ class Job:
 
     def _eval_episodes(self, params: SamplingParams) -> list[list[RewardResult]]:
         """`params.n` agent episodes per held-out row, graded: per row, their results."""
-        play, engines = self._agent_player(params), len(self.rollout.workers)
-        never = threading.Event()
+        play, never = self._agent_player(params), threading.Event()
+        # One per engine, shared by the episodes on it, so their turns are batched while it is busy.
+        turns = [EngineTurns(self.rollout, i, self.cfg.rollout.generate_timeout_s, never)
+                 for i in range(len(self.rollout.workers))]
 
         def episode(k: int) -> RewardResult:
             prompt = self.eval_prompts[k // params.n]
-            turns = EngineTurns(self.rollout, k % engines, self.cfg.rollout.generate_timeout_s, never)
-            sample = play(prompt, turns, f"eval-{k}", f"eval-{k // params.n}")
+            sample = play(prompt, turns[k % len(turns)], f"eval-{k}", f"eval-{k // params.n}")
             return RewardResult(sample.reward, sample.reward_details, sample.reward_error)
 
         with ThreadPoolExecutor(self.cfg.rollout.episodes_in_flight, thread_name_prefix="eval-episode") as pool:

@@ -27,11 +27,14 @@ class StepBook:
                                              lambda ids: job.tokenizer.batch_decode([[i] for i in ids]))
         self.rewards_per_step: list[float] = []
         self.samples, self.seconds = 0, 0.0
+        self.first_started: float | None = None  # when the first step of this run began
 
     def record(self, step: int, taken: StepTake, learned: dict[str, float], started: float) -> None:
         """Step `step`, begun at `started` (time.perf_counter()), trained `taken` (`learned`: what
         `Job.learn` returned, with perf/push_s) and pushed version step + 1."""
         job, tc = self.job, self.job.cfg.trainer
+        if self.first_started is None:
+            self.first_started = started
         job.state.step, job.state.next_prompt = step + 1, job.source.buffer.watermark
         samples = [s for g in taken.groups for s in g.samples]
         step_s = time.perf_counter() - started
@@ -70,6 +73,8 @@ class StepBook:
         job.source.params = job.sampling_params()  # the curriculum's cap from now on
         shown = job.cfg.logger.table_rows if step % job.cfg.logger.table_every == 0 else 0  # as the W&B table
         self.trained_log.record(job.state.step, taken.prompt_indices, samples, shown)
+        # Since the first step began, bookkeeping and logging of the steps before included (loop to loop).
+        metrics["perf/wall_s"] = time.perf_counter() - self.first_started
         if tc.eval_every and job.state.step % tc.eval_every == 0:
             metrics.update(job.evaluate())
         job.tracker.log(job.state.step, metrics)

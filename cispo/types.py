@@ -31,6 +31,26 @@ class SamplingParams:
     seed: int | None = None
 
 
+@dataclass(frozen=True)
+class RoutedExperts:
+    """The experts an MoE engine sent tokens to (for routing replay): `ids` holds a (tokens, layers,
+    top_k) array of expert ids, one byte each (so at most 256 experts), C order. Bytes, not a tensor:
+    compact through Ray and readable without torch."""
+
+    ids: bytes
+    layers: int
+    top_k: int
+
+    def __post_init__(self) -> None:
+        if len(self.ids) % (self.layers * self.top_k):
+            raise ValueError(f"routed expert ids: {len(self.ids)} bytes are not whole tokens of "
+                             f"{self.layers} layers x top-{self.top_k}")
+
+    @property
+    def tokens(self) -> int:
+        return len(self.ids) // (self.layers * self.top_k)
+
+
 @dataclass
 class Completion:
     """One sampled response as an engine returns it."""
@@ -39,6 +59,9 @@ class Completion:
     logprobs: list[float]  # log-prob of each sampled token under the sampling policy
     finish_reason: FinishReason
     policy_version: int = 0  # the engine's weight version when it sampled
+    # MoE engines that record routing (the built-in sampler): the experts of every token the engine ran,
+    # i.e. the prompt and all response tokens but the last (never fed back); None when not recorded.
+    routed_experts: RoutedExperts | None = None
 
 
 @dataclass
@@ -65,6 +88,9 @@ class Sample:
     # version, in order. Empty: every token was sampled by `policy_version`. With spans,
     # `policy_version` is the oldest span's version: staleness is measured by the oldest token.
     version_spans: list[tuple[int, int]] = field(default_factory=list)
+    # The experts the sampler routed prompt + response[:-1] to (`Completion.routed_experts`); None: not
+    # recorded (a dense model, vLLM, an agent episode), and the learner routes those tokens itself.
+    routed_experts: RoutedExperts | None = None
 
     def __post_init__(self) -> None:
         if not self.loss_mask:
@@ -77,6 +103,10 @@ class Sample:
             )
         if self.version_spans:
             self.set_version_spans(self.version_spans)
+        routed = len(self.prompt_ids) + len(self.response_ids) - 1
+        if self.routed_experts is not None and self.routed_experts.tokens != routed:
+            raise ValueError(f"sample {self.sample_id}: routed_experts cover {self.routed_experts.tokens} tokens, "
+                             f"expected prompt + response - 1 = {routed}")
 
     def set_version_spans(self, spans: list[tuple[int, int]]) -> None:
         """Record which version sampled which tokens; `policy_version` becomes the oldest."""

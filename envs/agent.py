@@ -58,6 +58,7 @@ class AgentConfig:
     command_timeout: float = 60.0  # seconds per tool call
     max_seconds: float = 1800.0  # wall time of the turns; checked before each turn (the episode ends as `length`)
     system: str = "You are a software engineer fixing an issue in the repository at " + REPO + "."
+    tool_docs: bool = True  # describe the tools in a text prompt (False: a terse prompt; the policy knows them)
 
 
 @dataclass
@@ -107,7 +108,7 @@ class AgentResult:
 
 def render_prompt(task: SWEInstance, config: AgentConfig, fmt: AgentFormat = BUILTIN_FORMAT) -> str | Messages:
     """The episode's prompt: text in the built-in format, chat messages for a template's tool format."""
-    return fmt.prompt(config.system, task.problem_statement)
+    return fmt.prompt(config.system, task.problem_statement, config.tool_docs)
 
 
 def run_episode(

@@ -58,12 +58,14 @@ class AgentFormat:
     call: Callable[[str, dict[str, Any]], str]  # (tool name, arguments) -> the call as the model writes it
     tools: list[dict] | None  # declared through the chat template; None: described in the prompt's text
 
-    def prompt(self, system: str, problem_statement: str) -> str | Messages:
-        """The episode's prompt: chat messages for a template (rendered with `tools`), or plain text."""
+    def prompt(self, system: str, problem_statement: str, tool_docs: bool = True) -> str | Messages:
+        """The episode's prompt: chat messages for a template (rendered with `tools`), or plain text,
+        with the tools described in it unless `tool_docs` is False."""
         if self.tools is not None:
             return [{"role": "system", "content": system},
                     {"role": "user", "content": f"{problem_statement.strip()}\n\n{INSTRUCTION}"}]
-        return (f"<|system|>\n{system}\n\n{TOOL_DOCS}\n<|user|>\n{problem_statement.strip()}\n\n{INSTRUCTION}"
+        docs = f"\n\n{TOOL_DOCS}" if tool_docs else ""
+        return (f"<|system|>\n{system}{docs}\n<|user|>\n{problem_statement.strip()}\n\n{INSTRUCTION}"
                 + self.turn_prefix)
 
 

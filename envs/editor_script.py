@@ -3,7 +3,8 @@
 Its arguments arrive as JSON on stdin (file contents can be large and hold any byte,
 so they never travel as argv). Paths are relative to the repository, or absolute;
 the container, not this script, decides what may be touched.
-Standard library only: it runs on whatever python3 the image has.
+Standard library only: it runs on whatever python3 the image has. Importing it runs
+nothing: `str_replace` is what the host uses to know an edit's report in advance.
 """
 
 import json
@@ -21,6 +22,15 @@ def fail(msg):
 
 def numbered(text, start=1):
     return "\n".join("%6d\t%s" % (i, line) for i, line in enumerate(text.split("\n"), start))
+
+
+def str_replace(text, old, new, path):
+    """(the text with `old`, which occurs once, replaced by `new`; the report: the edited lines and
+    three around them). Pure, so a reference trajectory can say what the tool will print."""
+    edited = text.replace(old, new, 1)
+    first = text[: text.index(old)].count("\n") + 1
+    lines = edited.split("\n")[max(first - 4, 0) : first + new.count("\n") + 3]
+    return edited, "edited %s:\n%s" % (path, numbered("\n".join(lines), max(first - 3, 1)))
 
 
 def view(path, args):
@@ -94,11 +104,9 @@ def main():
         count = text.count(old)
         if count != 1:
             fail("old_str occurs %d times in %s; it must occur exactly once" % (count, path))
-        write(path, text.replace(old, new, 1))
-        at = text.index(old)
-        first = text[:at].count("\n") + 1
-        lines = text.replace(old, new, 1).split("\n")[max(first - 4, 0) : first + new.count("\n") + 3]
-        print("edited %s:\n%s" % (path, numbered("\n".join(lines), max(first - 3, 1))))
+        edited, report = str_replace(text, old, new, path)
+        write(path, edited)
+        print(report)
     elif command == "insert":
         line, new = args.get("insert_line"), need(args, "new_str")
         lines = read(path).split("\n")
@@ -110,4 +118,5 @@ def main():
         fail("unknown command %r: use view, create, str_replace or insert" % (command,))
 
 
-main()
+if __name__ == "__main__":  # `python3 -c` runs it as __main__; an import only defines
+    main()

@@ -113,3 +113,10 @@ def _git(args: list[str], cwd: Path, check: bool = True) -> subprocess.Completed
         raise RepoError(f"git {args[0]} in {cwd} failed: {res.stderr.decode(errors='replace').strip()}")
     res.stderr = res.stderr.decode(errors="replace")
     return res
+
+
+def read_file(source: Path, commit: str, path: str) -> str:
+    """The text of `path` at `commit` in a repository source (a directory, bundle or tarball)."""
+    with tempfile.TemporaryDirectory(prefix="cispo-repo-") as tmp:
+        gitdir = _git_source(Path(source).resolve(), Path(tmp))
+        return _git(["show", f"{commit}:{path}"], cwd=gitdir).stdout.decode()

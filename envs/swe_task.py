@@ -38,23 +38,29 @@ TASK_CHECKS_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"
 
 
 class SWETask:
-    """The tasks of one tasks.jsonl, cycled in file order for training and served once for eval."""
+    """The tasks of one tasks.jsonl, cycled in file order for training, and those of a held-out file (or
+    the same ones) served once for eval."""
 
-    def __init__(self, tasks_path: str | Path, name: str = "swe", exclude: Collection[str] = ()):
-        """`exclude`: instance ids left out (tasks that failed validation)."""
+    def __init__(self, tasks_path: str | Path, name: str = "swe", exclude: Collection[str] = (),
+                 held_out_path: str | Path | None = None):
+        """`exclude`: instance ids left out (tasks that failed validation); `held_out_path`: a tasks.jsonl
+        of the held-out tasks (None: eval is on the training tasks)."""
         self.name = name
         self.tasks_path = Path(tasks_path).resolve()
-        tasks = load_instances(self.tasks_path)  # validates every row, naming file, line and field
-        raw = [json.loads(line) for line in self.tasks_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        self._instances: dict[str, SWEInstance] = {}
+        self._train = self._load(self.tasks_path, exclude)
+        if not self._train:
+            raise TaskError(f"{self.tasks_path}: no task left to train on (every task excluded)")
+        self._held_out = self._train if held_out_path is None else self._load(Path(held_out_path).resolve(), exclude)
+        self._prompts: dict[str, str] = {}  # single-shot prompts, rendered on first use (each reads its repo)
+
+    def _load(self, path: Path, exclude: Collection[str]) -> list[dict]:
+        """The metadata (the raw row + task_dir) of one file's validated tasks not in `exclude`."""
+        tasks = load_instances(path)  # validates every row, naming file, line and field
+        raw = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         kept = [(t, r) for t, r in zip(tasks, raw) if t.instance_id not in exclude]
-        if not kept:
-            raise TaskError(f"{self.tasks_path}: no task left to train on ({len(tasks)} excluded)")
-        tasks, raw = (list(x) for x in zip(*kept))
-        self._instances = {t.instance_id: t for t in tasks}
-        task_dir = str(self.tasks_path.parent)
-        self._rows = [TaskRow(prompt=render_patch_prompt(t), metadata={**r, "task_dir": task_dir})
-                      for t, r in zip(tasks, raw)]
-        self._gold = [t.patch for t in tasks]
+        self._instances.update({t.instance_id: t for t, _ in kept})
+        return [{**r, "task_dir": str(path.parent)} for _, r in kept]
 
     @classmethod
     def synthetic(cls, directory: str | Path) -> "SWETask":
@@ -83,20 +89,34 @@ class SWETask:
         return self._instances[instance_id]
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return len(self._train)
+
+    def metadata(self, index: int) -> dict:
+        """Training row `index`'s metadata: the tasks in file order, over and over."""
+        return self._train[index % len(self._train)]
+
+    def held_out_metadata(self) -> list[dict]:
+        """The held-out tasks' metadata; without a held-out file (the synthetic set), the training tasks'."""
+        return list(self._held_out)
+
+    def _row(self, metadata: dict) -> TaskRow:
+        iid = metadata["instance_id"]
+        if iid not in self._prompts:
+            self._prompts[iid] = render_patch_prompt(self._instances[iid])
+        return TaskRow(self._prompts[iid], metadata)
 
     def row(self, index: int) -> TaskRow:
-        """Training prompt number `index`: the tasks in file order, over and over."""
-        return self._rows[index % len(self._rows)]
+        """Training prompt number `index`."""
+        return self._row(self.metadata(index))
 
     def eval_rows(self) -> list[TaskRow]:
-        """Every task once. The synthetic set has no held-out split: eval is greedy pass@1 on it."""
-        return list(self._rows)
+        """Every held-out task once."""
+        return [self._row(m) for m in self._held_out]
 
     def reference_pair(self, index: int) -> tuple[str, str]:
         """(prompt, gold patch in the ```diff block `patch_reward` parses), for the supervised warm-up."""
-        i = index % len(self._rows)
-        return self._rows[i].prompt, f"```diff\n{self._gold[i]}```"
+        row = self.row(index)
+        return row.prompt, f"```diff\n{self.instance(row.metadata['instance_id']).patch}```"
 
     @staticmethod
     def build_tokenizer() -> PreTrainedTokenizerFast:

@@ -101,4 +101,5 @@ def _register_builtins() -> None:
     """Import the modules whose tasks register themselves (once; imports are cached)."""
     import cispo.envs.addition  # noqa: F401
     import cispo.envs.dataset  # noqa: F401
+    import cispo.envs.swe_edit_tasks  # noqa: F401
     import cispo.envs.swe_task  # noqa: F401

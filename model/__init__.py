@@ -7,6 +7,7 @@ Imports nothing of ours but `cispo.types`. Checkpoints are transformers' MiniMax
     out = model(flat_ids, cu_seqlens=cu)              # packed documents, (1, total) + int32 (D+1,)
     loss = nll + model.config.router_aux_loss_coef * out.aux_loss
     out.router_metrics()                              # imbalance_max / imbalance_mean / dead_experts
+    out = model(flat_ids, cu_seqlens=cu, routing=SamplerRouting(...))  # routing replay (cispo.model.moe)
     model.save_pretrained(path)                       # transformers.MiniMaxForCausalLM loads it
     sampler = Sampler(model, max_batch=32)            # a RolloutEngine: generate / update_weights / policy_version
 """

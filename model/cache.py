@@ -18,6 +18,7 @@ from typing import NamedTuple
 import torch
 
 from cispo.model.config import ModelConfig
+from cispo.model.moe import SamplerRouting
 from cispo.model.packing import PackedLayout
 
 
@@ -62,6 +63,7 @@ class ForwardContext(NamedTuple):
     # Cache rows of each document / decoded token: a slice when they are consecutive (a view, no
     # gather/scatter copies; the common case with all slots busy), else an index tensor.
     slots: torch.Tensor | slice | None = None
+    routing: SamplerRouting | None = None  # full forwards: the experts a sampler routed these tokens to
 
     @property
     def decoding(self) -> bool:

@@ -23,7 +23,8 @@ from torch.utils.checkpoint import checkpoint
 from cispo.model.attention import LightningAttention, RMSNorm, SoftmaxAttention, rope_cos_sin
 from cispo.model.cache import DecodeCache, ForwardContext, as_rows
 from cispo.model.config import ModelConfig
-from cispo.model.moe import Experts, RouterStats, SparseMoeBlock, TopKRouter, load_balancing_loss, routing_metrics
+from cispo.model.moe import (Experts, RouterStats, SamplerRouting, SparseMoeBlock, TopKRouter, load_balancing_loss,
+                             routing_metrics)
 from cispo.model.packing import PackedLayout
 
 
@@ -32,7 +33,9 @@ class LMOutput(NamedTuple):
 
     logits: torch.Tensor  # (batch, seq, vocab), FP32 when config.lm_head_fp32
     aux_loss: torch.Tensor  # load-balancing loss; the learner adds router_aux_loss_coef * aux_loss
-    tokens_per_expert: torch.Tensor  # (layers, experts) top-k assignments this step
+    tokens_per_expert: torch.Tensor  # (layers, experts) top-k assignments this step, as used
+    # (layers,) tokens with a sampler record whose own top-k set equals the sampler's; zeros without `routing`
+    agreeing_tokens: torch.Tensor
 
     def router_metrics(self) -> dict[str, float]:
         return routing_metrics(self.tokens_per_expert)
@@ -48,6 +51,7 @@ def _mix(residual: torch.Tensor, alpha: float, branch: torch.Tensor, beta: float
 class DecoderLayer(nn.Module):
     def __init__(self, config: ModelConfig, layer_idx: int):
         super().__init__()
+        self.layer_idx = layer_idx
         self.lightning = config.layer_types[layer_idx] == "linear_attention"
         if self.lightning:
             self.self_attn = LightningAttention(config, layer_idx)
@@ -67,7 +71,7 @@ class DecoderLayer(nn.Module):
         mixed = self.self_attn(h, ctx) if self.lightning else self.self_attn(h, ctx, rope)
         x = _mix(h, self.attn_alpha, mixed, self.attn_beta)
         h = self.post_attention_layernorm(x)
-        moe, stats = self.mlp(h)
+        moe, stats = self.mlp(h, None if ctx.routing is None else ctx.routing.layer(self.layer_idx))
         return _mix(h, self.mlp_alpha, moe, self.mlp_beta), stats
 
 
@@ -147,11 +151,14 @@ class LightningMoELM(nn.Module):
         """Recompute each decoder layer in backward instead of keeping its activations."""
         self.model.gradient_checkpointing = True
 
-    def forward(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> LMOutput:
+    def forward(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor | None = None,
+                routing: SamplerRouting | None = None) -> LMOutput:
         """input_ids (batch, seq), or (1, total) / (total,) packed documents with int32 cu_seqlens (D+1,).
 
         Packed documents are independent: lightning state resets and softmax attention stops
         at each boundary, and positions restart at 0 in every document.
+        `routing`: the experts a sampler routed each token to, (total, layers, k) in the flat token
+        order; replayed when `routing.replay`, else only compared (`LMOutput.agreeing_tokens`).
         """
         shape = input_ids.shape
         if cu_seqlens is None:
@@ -165,12 +172,17 @@ class LightningMoELM(nn.Module):
                     f"= {int(cu_seqlens[-1])}"
                 )
             layout = PackedLayout.from_cu_seqlens(cu_seqlens.to(input_ids.device), self.config.lightning_chunk_size)
-        hidden, stats = self.model(input_ids.reshape(-1), ForwardContext(positions=layout.positions, layout=layout))
+        if routing is not None and routing.experts.shape[:2] != (input_ids.numel(), self.config.num_hidden_layers):
+            raise ValueError(f"routing experts {tuple(routing.experts.shape)} must be (tokens={input_ids.numel()}, "
+                             f"layers={self.config.num_hidden_layers}, k)")
+        ctx = ForwardContext(positions=layout.positions, layout=layout, routing=routing)
+        hidden, stats = self.model(input_ids.reshape(-1), ctx)
         logits = self.lm_head(hidden).view(*shape, -1)  # (batch, seq, vocab)
         return LMOutput(
             logits=logits,
             aux_loss=load_balancing_loss(stats, self.config.num_experts_per_tok),
             tokens_per_expert=torch.stack([s.tokens_per_expert for s in stats]),
+            agreeing_tokens=torch.stack([s.agreeing_tokens for s in stats]),
         )
 
     # --- decoding (the sampler's two calls) ---------------------------------------------
@@ -180,25 +192,34 @@ class LightningMoELM(nn.Module):
         return DecodeCache(self.config, num_slots, max_len, dtype=p.dtype, device=p.device)
 
     @torch.inference_mode()
-    def prefill(self, tokens: torch.Tensor, cu_seqlens: torch.Tensor, cache: DecodeCache, slots: torch.Tensor) -> torch.Tensor:
+    def prefill(self, tokens: torch.Tensor, cu_seqlens: torch.Tensor, cache: DecodeCache,
+                slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Run packed prompts (T,) and store each one's state in its cache slot (D,).
 
-        Returns the next-token logits (D, vocab) at each prompt's last token.
+        Returns the next-token logits (D, vocab) at each prompt's last token and the experts
+        every token was routed to (T, layers, k).
         """
         layout = PackedLayout.from_cu_seqlens(cu_seqlens, self.config.lightning_chunk_size)
         if layout.max_len > cache.max_len:
             raise ValueError(f"prompt of {layout.max_len} tokens does not fit the cache ({cache.max_len})")
         ctx = ForwardContext(positions=layout.positions, layout=layout, cache=cache, slots=as_rows(slots))
-        hidden, _ = self.model(tokens, ctx)
+        hidden, stats = self.model(tokens, ctx)
         cache.lengths[slots] = layout.lengths
-        return self.lm_head(hidden[layout.last_token_index()])
+        return self.lm_head(hidden[layout.last_token_index()]), _experts(stats)
 
     @torch.inference_mode()
-    def decode(self, tokens: torch.Tensor, cache: DecodeCache, slots: torch.Tensor) -> torch.Tensor:
-        """One new token (N,) for each of `slots` (N,): advance their states, return logits (N, vocab)."""
+    def decode(self, tokens: torch.Tensor, cache: DecodeCache,
+               slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One new token (N,) for each of `slots` (N,): advance their states; return logits (N, vocab) and
+        the experts each token was routed to (N, layers, k)."""
         positions = cache.lengths[slots]
         if int(positions.max()) >= cache.max_len:
             raise ValueError(f"a slot is full: the cache holds {cache.max_len} tokens")
-        hidden, _ = self.model(tokens, ForwardContext(positions=positions, cache=cache, slots=as_rows(slots)))
+        hidden, stats = self.model(tokens, ForwardContext(positions=positions, cache=cache, slots=as_rows(slots)))
         cache.lengths[slots] = positions + 1
-        return self.lm_head(hidden)
+        return self.lm_head(hidden), _experts(stats)
+
+
+def _experts(stats: list[RouterStats]) -> torch.Tensor:
+    """Each layer's (T, k) experts as one (T, layers, k) tensor."""
+    return torch.stack([s.experts for s in stats], dim=1)

@@ -4,6 +4,12 @@ Tokens are sorted by expert once, so each expert's tokens are one contiguous blo
 and each projection is one GEMM per expert: no per-token work in Python. The router's per-layer counts and
 probability sums come back with the output so the model can form the load-balancing
 loss and the routing statistics the trainer logs.
+
+Routing replay (R3, "Stabilizing MoE RL by Aligning Training and Inference Routers"): given the
+experts a sampler routed each token to (`SamplerRouting`), the block sends recorded tokens to
+those experts instead of its own top-k. The gate weights still come from this router's logits,
+renormalised over the replayed experts (softmax restricted to them), so the router keeps its
+gradient. Tokens without a record fall back to the router's own top-k.
 """
 
 from __future__ import annotations
@@ -20,9 +26,28 @@ from cispo.model.config import ModelConfig
 class RouterStats(NamedTuple):
     """One layer's routing this step (a NamedTuple so ZeRO-3's hooks see its tensors)."""
 
-    tokens_per_expert: torch.Tensor  # (E,) top-k assignments per expert (no grad)
+    tokens_per_expert: torch.Tensor  # (E,) top-k assignments per expert, as used (no grad)
     prob_sum: torch.Tensor  # (E,) router probability mass per expert, summed over tokens (carries grad)
     num_tokens: int
+    experts: torch.Tensor  # (T, k) the experts each token was sent to
+    # () recorded tokens whose own top-k set equals the sampler's (a drift monitor); 0 without a record
+    agreeing_tokens: torch.Tensor
+
+
+class SamplerRouting(NamedTuple):
+    """The experts a sampler routed each token of a forward to (a NamedTuple so ZeRO-3's hooks see its tensors)."""
+
+    experts: torch.Tensor  # (T, layers, k) expert ids (any integer dtype), or (T, k) inside one block
+    recorded: torch.Tensor  # (T,) bool: tokens the sampler routed; the rest have no ids
+    replay: bool  # compute with these experts (routing replay), or only compare the router's own with them
+
+    def layer(self, i: int) -> "SamplerRouting":
+        return self._replace(experts=self.experts[:, i])
+
+
+def renormalised(top_p: torch.Tensor) -> torch.Tensor:
+    """(T, k) router probabilities of the chosen experts -> gate weights summing to 1 per token."""
+    return top_p / top_p.sum(dim=-1, keepdim=True)
 
 
 class TopKRouter(nn.Module):
@@ -35,7 +60,7 @@ class TopKRouter(nn.Module):
         """x (T, D) -> probs (T, E) FP32, top-k weights (T, k) renormalised, top-k expert ids (T, k)."""
         probs = F.linear(x, self.weight).float().softmax(dim=-1)  # (T, E)
         top_w, top_i = probs.topk(self.top_k, dim=-1)  # (T, k)
-        return probs, top_w / top_w.sum(dim=-1, keepdim=True), top_i
+        return probs, renormalised(top_w), top_i
 
 
 class Experts(nn.Module):
@@ -79,12 +104,24 @@ class SparseMoeBlock(nn.Module):
         self.gate = TopKRouter(config)
         self.experts = Experts(config)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, RouterStats]:
+    def forward(self, x: torch.Tensor, sampler: SamplerRouting | None = None) -> tuple[torch.Tensor, RouterStats]:
+        """x (T, D) -> (T, D). `sampler` (experts (T, k)): compare with, or replay, the sampler's routing."""
         probs, top_w, top_i = self.gate(x)
+        agreeing = torch.zeros((), dtype=torch.long, device=x.device)
+        if sampler is not None:
+            theirs = sampler.experts.to(top_i.device, torch.long)  # (T, k)
+            recorded = sampler.recorded.to(top_i.device)  # (T,)
+            same = (top_i.sort(dim=-1).values == theirs.sort(dim=-1).values).all(dim=-1)  # (T,) as sets
+            agreeing = (same & recorded).sum()
+            if sampler.replay:
+                top_i = torch.where(recorded[:, None], theirs, top_i)
+                top_w = renormalised(probs.gather(-1, top_i))
         stats = RouterStats(
             tokens_per_expert=torch.bincount(top_i.reshape(-1), minlength=probs.shape[-1]).detach(),
             prob_sum=probs.sum(dim=0),
             num_tokens=x.shape[0],
+            experts=top_i.detach(),
+            agreeing_tokens=agreeing,
         )
         return self.experts(x, top_w, top_i), stats
 

@@ -17,6 +17,12 @@ A sequence finishes with:
 * "length": `max_tokens` reached, or the cache is full.
 
 Log-probs: see `sampling.py` (log-softmax of logits / temperature, untruncated).
+
+Routing: every completion carries the experts each MoE layer sent each token to
+(`Completion.routed_experts`, one byte per id), for the prompt (prefill) and every response
+token but the last (which is never fed back): exactly the tokens a learner forward routes
+and whose outputs reach a trained log-prob, so routing replay (R3) covers all of them.
+Samples of one prompt share its prefill routing. Models with over 256 experts record nothing.
 Satisfies `cispo.rollout.engine.RolloutEngine`.
 """
 
@@ -27,13 +33,14 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterable
 
+import numpy as np
 import torch
 
 from cispo.model.cache import DecodeCache
 from cispo.model.checkpoint import hf_to_ours
 from cispo.model.modeling import LightningMoELM
 from cispo.model.sampling import choose_tokens
-from cispo.types import Completion, FinishReason, SamplingParams
+from cispo.types import Completion, FinishReason, RoutedExperts, SamplingParams
 
 
 @dataclass
@@ -43,6 +50,7 @@ class _Running:
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     confident_run: int = 0  # consecutive tokens sampled with p > repetition_prob
+    routing: list[np.ndarray] = field(default_factory=list)  # (tokens, layers, k) uint8 blocks, in order
 
 
 class Sampler:
@@ -53,6 +61,7 @@ class Sampler:
         self.seed = seed
         self._calls = 0
         self._version = 0
+        self.records_routing = model.config.num_local_experts <= 256  # ids are stored one byte each
 
     # --- the RolloutEngine Protocol -------------------------------------------------------
 
@@ -106,7 +115,7 @@ class Sampler:
                 seq.confident_run = seq.confident_run + 1 if math.exp(lp) > params.repetition_prob else 0
                 reason = self._finish_reason(seq, params, cache_len)
                 if reason is not None:
-                    done[seq.request] = Completion(seq.tokens, seq.logprobs, reason, self._version)
+                    done[seq.request] = Completion(seq.tokens, seq.logprobs, reason, self._version, self._routed(seq))
                     del running[slot]
                     free.append(slot)
 
@@ -116,34 +125,56 @@ class Sampler:
                 for slot, r in admitted:
                     running[slot] = _Running(request=r, prompt_len=len(prompts[requests[r]]))
                 slots = [s for s, _ in admitted]
-                advance(slots, self._prefill_once(prompts, [requests[r] for _, r in admitted], slots, cache))
+                logits, routing = self._prefill_once(prompts, [requests[r] for _, r in admitted], slots, cache)
+                for slot, experts in zip(slots, routing):
+                    running[slot].routing.append(experts)
+                advance(slots, logits)
                 continue  # slots freed by one-token completions are refilled before decoding
             slots = sorted(running)
             last = torch.tensor([running[s].tokens[-1] for s in slots], device=device)
-            advance(slots, self.model.decode(last, cache, torch.tensor(slots, device=device)))
+            logits, experts = self.model.decode(last, cache, torch.tensor(slots, device=device))
+            experts = self._as_bytes(experts)  # (N, layers, k)
+            for i, slot in enumerate(slots):
+                running[slot].routing.append(experts[i:i + 1])
+            advance(slots, logits)
 
         out: list[list[Completion]] = [[] for _ in prompts]
         for r, prompt_idx in enumerate(requests):
             out[prompt_idx].append(done[r])
         return out
 
+    def _as_bytes(self, experts: torch.Tensor) -> np.ndarray:
+        """(T, layers, k) expert ids as uint8 on the host (an empty array when not recording)."""
+        if not self.records_routing:
+            return np.empty((0,), np.uint8)
+        return experts.to(torch.uint8).cpu().numpy()
+
+    def _routed(self, seq: _Running) -> RoutedExperts | None:
+        if not self.records_routing:
+            return None
+        ids = np.concatenate(seq.routing)  # (prompt + response - 1, layers, k)
+        return RoutedExperts(ids.tobytes(), layers=ids.shape[1], top_k=ids.shape[2])
+
     def _prefill_once(
         self, prompts: list[list[int]], prompt_of: list[int], slots: list[int], cache: DecodeCache
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, list[np.ndarray]]:
         """Prefill each distinct prompt among `prompt_of` once, into the first slot that takes it, and
-        copy that state to its other slots. Returns next-token logits (len(slots), vocab) in slot order."""
+        copy that state to its other slots. Returns next-token logits (len(slots), vocab) in slot order
+        and, per slot, its prompt's routing (prompt tokens, layers, k) uint8."""
         device = cache.lengths.device
         distinct = list(dict.fromkeys(prompt_of))  # first-seen order
         head = {p: slots[prompt_of.index(p)] for p in distinct}  # the slot each prompt is prefilled into
         ids = [prompts[p] for p in distinct]
         cu = torch.tensor([0] + [len(p) for p in ids], device=device).cumsum(0)
         flat = torch.tensor([t for p in ids for t in p], device=device)
-        logits = self.model.prefill(flat, cu, cache, torch.tensor([head[p] for p in distinct], device=device))
+        logits, experts = self.model.prefill(flat, cu, cache, torch.tensor([head[p] for p in distinct], device=device))
+        experts, bounds = self._as_bytes(experts), cu.tolist()
         copies = [(head[p], slot) for p, slot in zip(prompt_of, slots) if head[p] != slot]
         if copies:
             cache.copy_slots(*torch.tensor(copies, device=device).T)
         row = {p: i for i, p in enumerate(distinct)}
-        return logits[torch.tensor([row[p] for p in prompt_of], device=device)]
+        routing = [experts[bounds[row[p]]:bounds[row[p] + 1]] for p in prompt_of]
+        return logits[torch.tensor([row[p] for p in prompt_of], device=device)], routing
 
     @staticmethod
     def _finish_reason(seq: _Running, params: SamplingParams, cache_len: int) -> FinishReason | None:

@@ -14,6 +14,10 @@ source alike. Several threads may use the group (the rollout source generates
 while the driver pushes weights): the handles and the last push are read and
 swapped under one lock, and an engine is replaced only if it is still the handle
 that failed, so two calls that saw it die replace it once.
+
+That is the disaggregated layout (`EngineGroup`). In the colocated one
+(`rollout.colocate`, `cispo.learner.colocated`) each learner rank holds an engine in
+its own process; both meet the `Engines` interface the rollout source uses.
 """
 
 from __future__ import annotations
@@ -50,7 +54,8 @@ class EngineSpec:
     resources: dict[str, float] = field(default_factory=dict)
 
 
-def _engine_class(engine: str):
+def engine_class(engine: str):
+    """The class of a rollout engine: the body of an engine actor, or of a learner rank's colocated engine."""
     if engine == "vllm":
         from cispo.rollout.vllm_worker import VLLMWorker
 
@@ -71,58 +76,26 @@ class EngineCall:
     ref: Any = None  # its ray.ObjectRef
 
 
-class EngineGroup:
-    def __init__(self, spec: EngineSpec, num_workers: int, generate_timeout_s: float, push_timeout_s: float,
-                 start_timeout_s: float = 600.0, max_restarts: int = 0):
-        self.spec, self.generate_timeout_s, self.push_timeout_s = spec, generate_timeout_s, push_timeout_s
-        self.start_timeout_s, self.max_restarts = start_timeout_s, max_restarts
-        self._actor = ray.remote(num_cpus=spec.num_cpus, num_gpus=spec.num_gpus,
-                                 resources=spec.resources or None)(_engine_class(spec.engine))
-        self.workers = [self._start(seed=spec.seed + i) for i in range(num_workers)]
-        try:
-            ray.get([w.policy_version.remote() for w in self.workers], timeout=start_timeout_s)
-        except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError) as e:
-            self.shutdown()
-            raise RolloutError(f"{num_workers} rollout engines did not start: {self._start_failure(e)}") from e
-        self.restarts = 0  # engine actors replaced after they died
-        # What a replacement engine loads before it takes work: the last push (None: the spec's checkpoint).
-        self._weights: tuple[ray.ObjectRef, int] | None = None
-        self._lock = threading.Lock()  # guards workers, _weights and restarts
+class Engines:
+    """What the rollout source, the agent episodes and the job use of a job's engines: calls to engine
+    `index`, generation fanned out over all of them, and the policy version they hold. `workers` are
+    the engines' actor handles (each with `generate`, `update_weights`, `policy_version`); subclasses
+    say how they are started, how new weights reach them and what happens when one dies (`replace`)."""
 
-    def _start(self, seed: int):
-        return self._actor.remote(self.spec.model_dir, seed, **self.spec.kwargs)
+    workers: list
+    generate_timeout_s: float
+    _lock: threading.Lock  # guards workers
 
-    def _start_failure(self, error: BaseException) -> str:
-        """Why engines did not start, for the error a user sees."""
-        if isinstance(error, ray.exceptions.GetTimeoutError):
-            return (f"not ready within {self.start_timeout_s:g} s: no node with free CPU {self.spec.num_cpus:g}, "
-                    f"GPU {self.spec.num_gpus:g} and resources {self.spec.resources}?")
-        return f"an engine died while loading {self.spec.model_dir}: {error}"
+    restarts: int  # engines replaced after they died
+
+    @property
+    def version(self) -> int:
+        """The policy version the engines hold."""
+        raise NotImplementedError
 
     def replace(self, index: int, failed, error: BaseException) -> None:
-        """Start a new engine in place of engine `index`, whose handle `failed` died, holding the last
-        pushed weights and version. Nothing to do if another call replaced it already."""
-        with self._lock:
-            if self.workers[index] is failed:
-                self._replace(index, error)
-
-    def _replace(self, index: int, error: BaseException) -> None:
-        if self.restarts >= self.max_restarts:
-            raise RolloutError(f"rollout engine {index} died and rollout.max_restarts={self.max_restarts} "
-                               f"engine restarts are used up: {error}") from error
-        self.restarts += 1
-        ray.kill(self.workers[index])
-        worker = self._start(seed=self.spec.seed + index)
-        try:
-            ray.get(worker.policy_version.remote(), timeout=self.start_timeout_s)
-        except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError) as e:
-            ray.kill(worker)
-            raise RolloutError(f"the replacement of dead rollout engine {index} did not start: "
-                               f"{self._start_failure(e)}") from e
-        if self._weights is not None:
-            weights_ref, version = self._weights
-            ray.get(worker.update_weights.remote(weights_ref, version), timeout=self.push_timeout_s)
-        self.workers[index] = worker
+        """Engine `index`, whose handle `failed` died, is dealt with: replaced, or the job fails."""
+        raise NotImplementedError
 
     def submit(self, index: int, prompts: list[list[int]], params: SamplingParams) -> EngineCall:
         """A generate call on engine `index`, issued now."""
@@ -171,11 +144,69 @@ class EngineGroup:
         with self._lock:
             return self.workers[index]
 
+
+
+class EngineGroup(Engines):
+    """Engine actors of their own (the disaggregated layout): weights arrive through Ray's object
+    store, and a dead engine is replaced (see the module docstring)."""
+
+    def __init__(self, spec: EngineSpec, num_workers: int, generate_timeout_s: float, push_timeout_s: float,
+                 start_timeout_s: float = 600.0, max_restarts: int = 0):
+        self.spec, self.generate_timeout_s, self.push_timeout_s = spec, generate_timeout_s, push_timeout_s
+        self.start_timeout_s, self.max_restarts = start_timeout_s, max_restarts
+        self._actor = ray.remote(num_cpus=spec.num_cpus, num_gpus=spec.num_gpus,
+                                 resources=spec.resources or None)(engine_class(spec.engine))
+        self.workers = [self._start(seed=spec.seed + i) for i in range(num_workers)]
+        try:
+            ray.get([w.policy_version.remote() for w in self.workers], timeout=start_timeout_s)
+        except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError) as e:
+            self.shutdown()
+            raise RolloutError(f"{num_workers} rollout engines did not start: {self._start_failure(e)}") from e
+        self.restarts = 0  # engine actors replaced after they died
+        # What a replacement engine loads before it takes work: the last push (None: the spec's checkpoint).
+        self._weights: tuple[ray.ObjectRef, int] | None = None
+        self._lock = threading.Lock()  # guards workers, _weights and restarts
+
     @property
     def version(self) -> int:
         """The policy version last pushed to the engines (0 before any push)."""
         with self._lock:
             return self._weights[1] if self._weights is not None else 0
+
+    def _start(self, seed: int):
+        return self._actor.remote(self.spec.model_dir, seed, **self.spec.kwargs)
+
+    def _start_failure(self, error: BaseException) -> str:
+        """Why engines did not start, for the error a user sees."""
+        if isinstance(error, ray.exceptions.GetTimeoutError):
+            return (f"not ready within {self.start_timeout_s:g} s: no node with free CPU {self.spec.num_cpus:g}, "
+                    f"GPU {self.spec.num_gpus:g} and resources {self.spec.resources}?")
+        return f"an engine died while loading {self.spec.model_dir}: {error}"
+
+    def replace(self, index: int, failed, error: BaseException) -> None:
+        """Start a new engine in place of engine `index`, whose handle `failed` died, holding the last
+        pushed weights and version. Nothing to do if another call replaced it already."""
+        with self._lock:
+            if self.workers[index] is failed:
+                self._replace(index, error)
+
+    def _replace(self, index: int, error: BaseException) -> None:
+        if self.restarts >= self.max_restarts:
+            raise RolloutError(f"rollout engine {index} died and rollout.max_restarts={self.max_restarts} "
+                               f"engine restarts are used up: {error}") from error
+        self.restarts += 1
+        ray.kill(self.workers[index])
+        worker = self._start(seed=self.spec.seed + index)
+        try:
+            ray.get(worker.policy_version.remote(), timeout=self.start_timeout_s)
+        except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError) as e:
+            ray.kill(worker)
+            raise RolloutError(f"the replacement of dead rollout engine {index} did not start: "
+                               f"{self._start_failure(e)}") from e
+        if self._weights is not None:
+            weights_ref, version = self._weights
+            ray.get(worker.update_weights.remote(weights_ref, version), timeout=self.push_timeout_s)
+        self.workers[index] = worker
 
     def push_weights(self, weights_ref: ray.ObjectRef, version: int) -> float:
         """Load the learner's weights into every engine; seconds taken. Fails loudly past the timeout.

@@ -12,13 +12,17 @@ All unfinished responses of a call have the same length (each segment adds exact
 its cap unless the response stopped), so one continuation call serves them all.
 The engine applies M1's repetition early stop to each segment, so a repetitive run
 that straddles a segment boundary is seen only from the boundary on.
+
+Routing (MoE engines that record it): a continuation prefills prompt + tokens so far, so
+its last segment's record covers the whole response; that one is kept, since its routing
+of the earlier tokens is what the later tokens' states were computed from.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from cispo.types import Completion, SamplingParams
+from cispo.types import Completion, RoutedExperts, SamplingParams
 
 
 @dataclass
@@ -27,11 +31,13 @@ class _Response:
     logprobs: list[float] = field(default_factory=list)
     finish_reason: str = "length"
     spans: list[tuple[int, int]] = field(default_factory=list)  # (policy version, tokens), in order
+    routed_experts: RoutedExperts | None = None  # the last segment's: prompt + every token but the last
 
     def extend(self, segment: Completion) -> None:
         self.token_ids += segment.token_ids
         self.logprobs += segment.logprobs
         self.finish_reason = segment.finish_reason
+        self.routed_experts = segment.routed_experts
         if self.spans and self.spans[-1][0] == segment.policy_version:
             self.spans[-1] = (segment.policy_version, self.spans[-1][1] + len(segment.token_ids))
         else:
@@ -72,7 +78,7 @@ class PartialResponses:
 
     def completions(self) -> list[list[Completion]]:
         """The finished responses, each with the oldest version that sampled any of its tokens."""
-        return [[Completion(r.token_ids, r.logprobs, r.finish_reason, min(v for v, _ in r.spans))
+        return [[Completion(r.token_ids, r.logprobs, r.finish_reason, min(v for v, _ in r.spans), r.routed_experts)
                  for r in responses] for responses in self.responses]
 
     def spans(self) -> list[list[list[tuple[int, int]]]]:

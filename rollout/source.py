@@ -16,7 +16,7 @@ An engine actor runs one call at a time, in the order it received them, so a wei
 push queues behind the generation already issued and every call issued after the push
 samples with the new weights; `Completion.policy_version` records the version that
 actually sampled. A call whose engine died goes again to its replacement
-(`EngineGroup.result`).
+(`Engines.result`).
 
 With partial rollouts (`segment_tokens`) a call's responses are sampled a segment at a
 time and continued under whatever weights the engine holds by then
@@ -47,7 +47,7 @@ from typing import Any, Callable
 import ray
 
 from cispo.rollout.buffer import RolloutBuffer, StepTake
-from cispo.rollout.engines import EngineCall, EngineGroup, RolloutError
+from cispo.rollout.engines import EngineCall, Engines, RolloutError
 from cispo.rollout.episodes import Episodes, Play
 from cispo.rollout.partial import PartialResponses
 from cispo.rollout.timeline import Timeline
@@ -88,14 +88,14 @@ def to_group(prompt: Prompt, completions: list[Completion], decode: Callable[[li
         Sample(sample_id=f"{group_id}-{k}", group_id=group_id, prompt_ids=prompt.ids,
                response_ids=c.token_ids, behaviour_logprobs=c.logprobs, finish_reason=c.finish_reason,
                policy_version=c.policy_version, prompt_text=prompt.text,
-               response_text=decode(c.token_ids), metadata=prompt.metadata)
+               response_text=decode(c.token_ids), metadata=prompt.metadata, routed_experts=c.routed_experts)
         for k, c in enumerate(completions)
     ]
     return Group(group_id, samples)
 
 
 class RolloutSource:
-    def __init__(self, engines: EngineGroup, buffer: RolloutBuffer, prompt: Callable[[int], Prompt | None],
+    def __init__(self, engines: Engines, buffer: RolloutBuffer, prompt: Callable[[int], Prompt | None],
                  decode: Callable[[list[int]], str], score: Callable[[list[Sample]], Any],
                  params: SamplingParams, *, generate_timeout_s: float, scoring_calls_in_flight: int,
                  segment_tokens: int = 0, keep: Callable[[Group], bool] | None = None, max_dropped: int = 0,

@@ -22,7 +22,9 @@ from cispo.types import Completion, SamplingParams
 
 class VLLMWorker:
     def __init__(self, model_dir: str, seed: int, dtype: str = "float32", max_model_len: int = 256,
-                 kv_cache_gib: int = 1, gpu_memory_utilization: float = 0.5):
+                 kv_cache_gib: int = 1, gpu_memory_utilization: float = 0.5, enable_sleep_mode: bool = False):
+        """`enable_sleep_mode`: on a GPU shared with the learner (`rollout.colocate`), `sleep` frees the
+        KV cache and the weights' memory while the learner steps, `wake_up` takes it back."""
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
         from vllm import LLM
@@ -32,7 +34,8 @@ class VLLMWorker:
             model=model_dir, dtype=dtype, seed=seed, max_model_len=max_model_len,
             # CUDA graphs and torch.compile pay off on GPUs only; on CPU they just slow start-up.
             enforce_eager=not on_gpu, logprobs_mode="processed_logprobs",
-            **({"gpu_memory_utilization": gpu_memory_utilization} if on_gpu else {}),
+            **({"gpu_memory_utilization": gpu_memory_utilization, "enable_sleep_mode": enable_sleep_mode}
+               if on_gpu else {}),
         )
         self.version = 0
 
@@ -71,3 +74,10 @@ class VLLMWorker:
 
     def policy_version(self) -> int:
         return self.version
+
+    def sleep(self) -> None:
+        """Free the KV cache and the weights' GPU memory (level 1: the weights go to CPU memory)."""
+        self.llm.sleep(level=1)
+
+    def wake_up(self) -> None:
+        self.llm.wake_up()

@@ -2,7 +2,8 @@
 
 Samples are right-padded into [B, L] token rows; every per-token tensor is aligned
 with the *targets* (position t holds the token at t+1 and the log-prob the model
-gives it from position t), so shapes are [B, L-1].
+gives it from position t), so shapes are [B, L-1]. The sampler's MoE routing is the
+exception: it belongs to the *inputs* (the experts token t went through), so [B, L].
 """
 
 from __future__ import annotations
@@ -27,6 +28,12 @@ class TrainBatch:
     sampler_logp: torch.Tensor
     # (B, L-1) each token's weight on the loss: a rollout correction's (`with_correction`), else 1.
     token_weights: torch.Tensor
+    # MoE routing the sampler recorded (None when no sample carries any): (B, L, layers, k) uint8 expert
+    # ids of each input token, and (B, L) bool, which tokens have them (`Sample.routed_experts`).
+    routed_experts: torch.Tensor | None = None
+    routing_recorded: torch.Tensor | None = None
+    # algo.routing_replay: the learner's forward sends recorded tokens to these experts, not its own top-k.
+    replay_routing: bool = False
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -34,11 +41,13 @@ class TrainBatch:
     def chunks(self, n: int) -> list["TrainBatch"]:
         """`n` row chunks of sizes differing by at most one (some empty when n > len)."""
         fields = [getattr(self, f.name) for f in dataclasses.fields(self)]
-        return [TrainBatch(*parts) for parts in zip(*(torch.tensor_split(t, n) for t in fields))]
+        return [TrainBatch(*parts) for parts in
+                zip(*(torch.tensor_split(v, n) if isinstance(v, torch.Tensor) else [v] * n for v in fields))]
 
     def rows(self, index: torch.Tensor) -> "TrainBatch":
         """The rows `index` (a mini-batch), in that order."""
-        return TrainBatch(*(getattr(self, f.name)[index] for f in dataclasses.fields(self)))
+        fields = [getattr(self, f.name) for f in dataclasses.fields(self)]
+        return TrainBatch(*(v[index] if isinstance(v, torch.Tensor) else v for v in fields))
 
     def with_old_logp(self, old_logp: torch.Tensor) -> "TrainBatch":
         """This batch with the loss's pi_old replaced by `old_logp` (B, L-1) on trained tokens (0 elsewhere)."""
@@ -50,8 +59,9 @@ class TrainBatch:
         return dataclasses.replace(self, loss_mask=self.loss_mask * keep, token_weights=weights)
 
 
-def make_batch(samples: list[Sample], pad_id: int) -> TrainBatch:
-    """Pack samples into padded tensors. A sample that failed to score keeps a zero loss mask."""
+def make_batch(samples: list[Sample], pad_id: int, replay_routing: bool = False) -> TrainBatch:
+    """Pack samples into padded tensors. A sample that failed to score keeps a zero loss mask.
+    `replay_routing`: the learner computes with the sampler's recorded experts (algo.routing_replay)."""
     length = max(len(s.prompt_ids) + len(s.response_ids) for s in samples)
     b = len(samples)
     input_ids = torch.full((b, length), pad_id, dtype=torch.long)
@@ -68,7 +78,25 @@ def make_batch(samples: list[Sample], pad_id: int) -> TrainBatch:
             loss_mask[i, p - 1 : p - 1 + r] = torch.tensor(s.loss_mask, dtype=torch.float32)
     advantages = torch.tensor([s.advantage for s in samples], dtype=torch.float32)
     return TrainBatch(input_ids, attention_mask, old_logp, loss_mask, advantages, sampler_logp=old_logp.clone(),
-                      token_weights=torch.ones_like(old_logp))
+                      token_weights=torch.ones_like(old_logp), **_routing(samples, length),
+                      replay_routing=replay_routing)
+
+
+def _routing(samples: list[Sample], length: int) -> dict[str, torch.Tensor]:
+    """The samples' recorded experts as `routed_experts` (B, L, layers, k) and `routing_recorded` (B, L);
+    nothing when none has a record. A sample without one routes all its tokens itself."""
+    first = next((s.routed_experts for s in samples if s.routed_experts is not None), None)
+    if first is None:
+        return {}
+    experts = torch.zeros((len(samples), length, first.layers, first.top_k), dtype=torch.uint8)
+    recorded = torch.zeros((len(samples), length), dtype=torch.bool)
+    for i, s in enumerate(samples):
+        r = s.routed_experts
+        if r is not None:
+            ids = torch.frombuffer(bytearray(r.ids), dtype=torch.uint8)  # a writable buffer: bytes would warn
+            experts[i, :r.tokens] = ids.view(r.tokens, r.layers, r.top_k)
+            recorded[i, :r.tokens] = True
+    return {"routed_experts": experts, "routing_recorded": recorded}
 
 
 def sft_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> TrainBatch:

@@ -20,6 +20,7 @@ from cispo.learner.batch import TrainBatch
 from cispo.config import Config
 from cispo.learner.rank import Learner, merge_rank_metrics
 from cispo.algo.losses import LossSpec, loss_normalizer
+from cispo.rollout.engines import EngineSpec
 
 
 class LearnerTimeoutError(RuntimeError):
@@ -123,6 +124,17 @@ class LearnerGroup:
 
     def load_checkpoint(self, directory: str, tag: str) -> int:
         return self._get([r.load_checkpoint.remote(directory, tag) for r in self.ranks], "load_checkpoint")[0]
+
+    def host_engines(self, spec: EngineSpec) -> None:
+        """A rollout engine in each rank's process (`rollout.colocate`); rank i samples with seed spec.seed + i."""
+        self._get([r.host_engine.remote(spec.engine, spec.model_dir, spec.seed + i, spec.kwargs)
+                   for i, r in enumerate(self.ranks)], "host_engine")
+
+    def update_engines(self, version: int) -> None:
+        """Each rank's colocated engine takes that rank's current weights as policy `version`."""
+        versions = self._get([r.update_engine.remote(version) for r in self.ranks], "update_engine")
+        if any(v != version for v in versions):
+            raise RuntimeError(f"colocated engines report versions {versions} after taking version {version}")
 
     def use_idle_cores(self) -> list[int]:
         """Let each rank step with all the cores of its node, split between the ranks there.

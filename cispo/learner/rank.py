@@ -18,10 +18,12 @@ import torch
 import torch.nn.functional as F
 
 from cispo.learner.batch import TrainBatch
+from cispo.learner.routing import add_routing_sums, routing_sums, sampler_routing
 from cispo.config import LearnerConfig
 from cispo.algo.diagnostics import mismatch_sums
 from cispo.algo.losses import MAX_LOG_RATIO, LossSpec, entropy_from_logits
 from cispo.policy import save_hf_checkpoint
+from cispo.types import Completion, SamplingParams
 
 
 def _ds_config(cfg: LearnerConfig, use_gpu: bool) -> dict:
@@ -64,6 +66,7 @@ class Learner:
                                       betas=(learner_cfg.beta1, learner_cfg.beta2), eps=learner_cfg.eps)
         self.model, self.optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, config=_ds_config(learner_cfg, use_gpu))
+        self.engine, self.engine_sleeps, self._engine_asleep = None, False, False  # see host_engine
 
     # ------------------------------------------------------------------ log-probs
 
@@ -73,15 +76,17 @@ class Learner:
         Through DeepSpeed's forward (`self.model`), never the bare module: ZeRO-3 gathers weights and
         counts micro-steps there (skipping it silently drops accumulated gradients).
         The hybrid model runs the rows packed into one stream (no padding; the
-        lightning state resets at each row's start) and its router aux loss is kept
-        for the step's loss."""
+        lightning state resets at each row's start); its router aux loss is kept
+        for the step's loss and its routing sums for the step's moe/ metrics."""
         if not self.packed:
             out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
             return out.logits[:, :-1].float() / self.temperature  # the sampler's log-probs are of the tempered policy
         real = batch.attention_mask.bool()  # (B, L)
         cu_seqlens = F.pad(real.sum(-1).cumsum(0), (1, 0)).to(torch.int32)  # (B+1,)
-        out = self.model(batch.input_ids[real][None], cu_seqlens=cu_seqlens)  # flat (1, total)
+        routing = sampler_routing(batch, real)  # the sampler's experts: replayed or compared with
+        out = self.model(batch.input_ids[real][None], cu_seqlens=cu_seqlens, routing=routing)  # flat (1, total)
         self._aux_loss = out.aux_loss
+        self._routing_sums = routing_sums(out.tokens_per_expert, out.agreeing_tokens, routing)
         logits = out.logits[0].new_zeros(*batch.input_ids.shape, out.logits.shape[-1])  # (B, L, V)
         logits[real] = out.logits[0]
         return logits[:, :-1].float() / self.temperature
@@ -112,6 +117,7 @@ class Learner:
         (the weights the sampler had, in the synchronous driver); and per update the IS-ratio sums
         `is_sums` (n, Σr, Σr², Σ|r-1|) of r = π_θ/π_old, which show how far the later updates are off-policy.
         """
+        self._engine_to_sleep()
         self.model.train()
         sums: dict = {"is_sums": []}
         for u, (shard, n, normalizer) in enumerate(zip(shards, n_micro, normalizers)):
@@ -132,6 +138,8 @@ class Learner:
                     metrics["entropy"] = float((entropy_from_logits(logits) * mb.loss_mask).sum()) / max(tokens, 1.0)
                     accumulate_metrics(sums, metrics, tokens)
                     _add(sums, {"tokens": tokens})
+                    if self.packed:
+                        add_routing_sums(sums, self._routing_sums)
                     if u == 0:
                         mismatch = mismatch_sums(mb.sampler_logp, logp, mb.loss_mask).tolist()
                         sums["mismatch_sums"] = [a + b for a, b in zip(sums.get("mismatch_sums", [0.0] * 7), mismatch)]
@@ -144,6 +152,7 @@ class Learner:
 
     def sft_step(self, shard: TrainBatch, n_micro: int, normalizer: float, lr: float) -> dict[str, float]:
         """One supervised step: mean NLL of the reference response tokens."""
+        self._engine_to_sleep()
         self.model.train()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -161,6 +170,7 @@ class Learner:
     @torch.no_grad()
     def logprobs(self, shard: TrainBatch, n_micro: int) -> torch.Tensor:
         """(B, L-1) log-probs of the target tokens under the current weights."""
+        self._engine_to_sleep()
         self.model.eval()
         return torch.cat([self._target_logp(self._logits(mb), mb) for mb in shard.chunks(n_micro) if len(mb)])
 
@@ -201,6 +211,55 @@ class Learner:
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint {tag!r} under {directory}")
         return self.model.global_steps
+
+    # ------------------------------------------------------------------ the colocated engine
+
+    def host_engine(self, engine: str, model_dir: str, seed: int, kwargs: dict) -> int:
+        """Start a rollout engine in this rank's process (`rollout.colocate`): it samples while the learner
+        waits and the reverse, and takes new weights from this rank's tensors in memory. On a GPU, vLLM
+        sleeps (its KV cache and weights freed) while the learner works. Returns its policy version."""
+        from cispo.rollout.engines import engine_class
+
+        self.engine_sleeps = engine == "vllm" and torch.cuda.is_available()
+        if self.engine_sleeps:
+            kwargs = {**kwargs, "enable_sleep_mode": True}
+        self.engine = engine_class(engine)(model_dir, seed, **kwargs)
+        return self.engine.policy_version()
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
+        self._wake_engine()
+        return self.engine.generate(prompts, params)
+
+    def update_engine(self, version: int) -> int:
+        """The engine takes this rank's weights now, as policy version `version`. Every rank must call it
+        (ZeRO-3 gathers each parameter from all ranks). Returns the engine's version."""
+        import deepspeed
+
+        zero3 = self.cfg.zero_stage == 3
+
+        def weights() -> Iterator[tuple[str, torch.Tensor]]:
+            for name, param in self.model.module.named_parameters(remove_duplicate=False):
+                with deepspeed.zero.GatheredParameters([param], enabled=zero3):
+                    # A gathered parameter is released when its context exits: the engine gets a copy.
+                    yield name, param.detach().clone() if zero3 else param.detach()
+
+        self._wake_engine()
+        self.engine.update_weights(weights(), version)
+        return self.engine.policy_version()
+
+    def policy_version(self) -> int:
+        return self.engine.policy_version()
+
+    def _wake_engine(self) -> None:
+        if self._engine_asleep:
+            self.engine.wake_up()
+            self._engine_asleep = False
+
+    def _engine_to_sleep(self) -> None:
+        """The learner is about to use the device: a sleeping engine's memory is freed first."""
+        if self.engine_sleeps and not self._engine_asleep:
+            self.engine.sleep()
+            self._engine_asleep = True
 
     def node_id(self) -> str:
         import ray
@@ -249,9 +308,9 @@ def merge_rank_metrics(per_rank: list[dict[str, float]]) -> dict[str, float]:
             out[key] = max(values)
         elif key == "grad_norm":
             out[key] = values[0]  # the global norm (its mean over updates): the same on every rank
-        elif key == "mismatch_sums":
+        elif key in ("mismatch_sums", "moe_agreement_sums"):
             out[key] = [sum(col) for col in zip(*values)]
-        elif key == "is_sums":  # per update
+        elif key in ("is_sums", "moe_load_sums"):  # per update; per layer
             out[key] = [[sum(col) for col in zip(*rows)] for rows in zip(*values)]
         else:
             out[key] = sum(values)

@@ -17,14 +17,16 @@ from cispo.config import Config
 from cispo.learner.batch import make_batch
 from cispo.learner.group import LearnerGroup
 from cispo.learner.minibatch import step_mini_batches
+from cispo.learner.routing import routing_metrics
 from cispo.types import Sample
 
 
 def learner_update(learner: LearnerGroup, samples: list[Sample], cfg: Config, pad_id: int,
                    step: int) -> dict[str, float]:
     """Pack the samples, choose pi_old (algo.old_logp), apply the rollout correction (algo.correction),
-    take the step's learner.mini_batches x learner.epochs optimizer updates; the learner's metrics
-    (learner/..., with the sampler-vs-learner mismatch).
+    take the step's learner.mini_batches x learner.epochs optimizer updates (with the sampler's experts
+    when algo.routing_replay); the learner's metrics (learner/..., with the sampler-vs-learner
+    mismatch; moe/... for the MoE model, `cispo.learner.routing`).
 
     "rollout": pi_old is the sampler's log-probs, so the IS ratio corrects both the lag of
     an older policy version and any sampler/learner numerical gap. "recompute": one extra
@@ -33,7 +35,7 @@ def learner_update(learner: LearnerGroup, samples: list[Sample], cfg: Config, pa
     sampler's log-probs stay in the batch for the mismatch metrics and the correction.
     """
     a, lc = cfg.algo, cfg.learner
-    batch = make_batch(samples, pad_id)
+    batch = make_batch(samples, pad_id, replay_routing=a.routing_replay)
     out: dict[str, float] = {}
     mismatch = None
     if a.old_logp == "recompute":
@@ -49,6 +51,8 @@ def learner_update(learner: LearnerGroup, samples: list[Sample], cfg: Config, pa
     plan = step_mini_batches([s.group_id for s in samples], lc.mini_batches, lc.epochs, lc.split_groups,
                              cfg.trainer.seed, step, min_rows=lc.world_size)
     merged = learner.train_step(batch, plan)
+    if "moe_load_sums" in merged:  # the hybrid MoE model
+        out.update(routing_metrics(merged.pop("moe_load_sums"), merged.pop("moe_agreement_sums")))
     out.update({f"learner/{k}": v for k, v in merged.items() if k not in ("mismatch_sums", "is_sums")})
     out["learner/tokens"] = float(batch.loss_mask.sum())  # the step's trained tokens, whatever the epochs
     out.update(update_metrics(torch.tensor(merged["is_sums"], dtype=torch.float64)))

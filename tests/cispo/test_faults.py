@@ -95,3 +95,23 @@ def test_learner_killed_mid_run_restarts_the_job_from_its_last_checkpoint(ray_se
     # Steps 3 (and 4) were trained again from the step-2 checkpoint; metrics.jsonl keeps each step once.
     assert [m["step"] for m in steps] == [1, 2, 3, 4]
     assert steps[-1]["faults/learner_restarts"] == 1
+
+
+@pytest.mark.slow
+def test_learner_killed_while_its_engine_generates_restarts_the_job_from_its_last_checkpoint(
+        ray_session, job_config, capsys):
+    """A colocated engine dies with its learner rank; nothing is replaced in place: the job goes back to
+    its last checkpoint (step 2), engines included, and trains every prompt once."""
+    # No warm-up: the random policy rarely stops early, so each generate call runs long enough to be hit.
+    cfg = job_config(rollout__colocate=True, trainer__steps=4, trainer__save_every=2, trainer__max_restarts=1,
+                     trainer__sft_steps=0, rollout__max_new_tokens=48)
+    out = cfg.trainer.output_dir
+    with Killer(raylet_pids(), "Learner.generate", when=lambda: steps_logged(out) >= 3) as killer:
+        result = run_job(cfg)
+    assert killer.pid is not None
+    assert "learner died" in capsys.readouterr().err
+    assert result["steps"] == 4 and result["optimizer_steps"] == 4
+    steps = check_trained_once(cfg)
+    assert [m["step"] for m in steps] == [1, 2, 3, 4]
+    assert steps[-1]["faults/learner_restarts"] == 1
+    assert all(m["learner/prob_corr"] > 0.999 for m in steps)

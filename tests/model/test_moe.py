@@ -76,7 +76,8 @@ def test_aux_loss_equals_hand_formula_and_transformers():
 
 def test_balanced_routing_gives_the_minimum_loss_and_unit_imbalance():
     """Uniform probabilities with perfectly even top-k counts: loss = k, imbalance = 1."""
-    stats = [RouterStats(torch.tensor([10, 10, 10, 10]), torch.full((4,), 20 / 4.0), 20)]
+    stats = [RouterStats(torch.tensor([10, 10, 10, 10]), torch.full((4,), 20 / 4.0), 20,
+                         experts=torch.zeros(20, 2, dtype=torch.long), agreeing_tokens=torch.tensor(0))]
     torch.testing.assert_close(load_balancing_loss(stats, 2), torch.tensor(2.0))
     metrics = routing_metrics(torch.tensor([[10, 10, 10, 10], [40, 0, 0, 0]]))
     assert metrics == {"imbalance_max": 4.0, "imbalance_mean": 2.5, "dead_experts": 3}

@@ -43,7 +43,7 @@ def test_greedy_decoding_matches_full_forward_argmax():
     prompts = [torch.randint(0, 256, (n,)) for n in (21, 9)]
     cache = model.new_cache(num_slots=3, max_len=64)
     slots = torch.tensor([2, 0])
-    logits = model.prefill(torch.cat(prompts), torch.tensor([0, 21, 30], dtype=torch.int32), cache, slots)
+    logits, _ = model.prefill(torch.cat(prompts), torch.tensor([0, 21, 30], dtype=torch.int32), cache, slots)
     seqs = [p.tolist() for p in prompts]
     for _ in range(25):  # crosses 16-token block boundaries in both
         for i, seq in enumerate(seqs):
@@ -51,7 +51,7 @@ def test_greedy_decoding_matches_full_forward_argmax():
                 full = model(torch.tensor([seq])).logits[0, -1]
             torch.testing.assert_close(logits[i], full, atol=1e-4, rtol=0)
             seq.append(int(full.argmax()))
-        logits = model.decode(torch.tensor([s[-1] for s in seqs]), cache, slots)
+        logits, _ = model.decode(torch.tensor([s[-1] for s in seqs]), cache, slots)
     assert cache.lengths[slots].tolist() == [len(s) for s in seqs]
 
 
