@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import threading
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,7 +77,7 @@ class EngineCall:
     ref: Any = None  # its ray.ObjectRef
 
 
-class Engines:
+class Engines(ABC):
     """What the rollout source, the agent episodes and the job use of a job's engines: calls to engine
     `index`, generation fanned out over all of them, and the policy version they hold. `workers` are
     the engines' actor handles (each with `generate`, `update_weights`, `policy_version`); subclasses
@@ -89,13 +90,13 @@ class Engines:
     restarts: int  # engines replaced after they died
 
     @property
+    @abstractmethod
     def version(self) -> int:
         """The policy version the engines hold."""
-        raise NotImplementedError
 
+    @abstractmethod
     def replace(self, index: int, failed, error: BaseException) -> None:
         """Engine `index`, whose handle `failed` died, is dealt with: replaced, or the job fails."""
-        raise NotImplementedError
 
     def submit(self, index: int, prompts: list[list[int]], params: SamplingParams) -> EngineCall:
         """A generate call on engine `index`, issued now."""

@@ -24,7 +24,7 @@ from cispo.envs.chat import PromptEncoder
 from cispo.envs.swe_agent import AgentTask, reference_trajectory
 from cispo.envs.sandbox import LABEL
 from cispo.envs.swe_task import SWETask
-from cispo.types import Completion
+from scripted_policy import Turns
 
 
 def ours() -> list:
@@ -53,18 +53,6 @@ class ContainerKiller(threading.Thread):
             except docker.errors.APIError:  # a container went away while listed or killed: look again
                 pass
             time.sleep(0.2)
-
-
-class Turns:
-    """A scripted policy: fixed turns, log-prob -0.5 per token; it keeps what it sampled."""
-
-    def __init__(self, tokenizer, turns: list[str]):
-        self.tok, self.turns, self.sampled = tokenizer, list(turns), []
-
-    def generate(self, prompts, params):
-        ids = self.tok.encode(self.turns.pop(0), add_special_tokens=False)
-        self.sampled.append(ids)
-        return [[Completion(token_ids=ids, logprobs=[-0.5] * len(ids), finish_reason="stop", policy_version=0)]]
 
 
 TEMPLATES = Path(__file__).with_name("templates")

@@ -12,19 +12,7 @@ from cispo.envs.swe_edit_tasks import edit_task, specs
 from cispo.envs.repo import read_file
 from cispo.envs.swe_instances import load_instances
 from cispo.envs.swe_task import SWETask
-from cispo.types import Completion
-
-
-class Turns:
-    """A scripted policy: fixed turns, log-prob -0.5 per token; it keeps what it sampled."""
-
-    def __init__(self, tokenizer, turns: list[str]):
-        self.tok, self.turns, self.sampled = tokenizer, list(turns), []
-
-    def generate(self, prompts, params):
-        ids = self.tok.encode(self.turns.pop(0), add_special_tokens=False)
-        self.sampled.append(ids)
-        return [[Completion(token_ids=ids, logprobs=[-0.5] * len(ids), finish_reason="stop", policy_version=0)]]
+from scripted_policy import Turns
 
 
 def test_the_held_out_tasks_share_no_file_name_or_faulty_expression_with_training():
