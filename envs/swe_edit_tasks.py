@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from cispo.envs.swe_synthetic import RepoSpec, build_task
-from cispo.envs.swe_task import SWETask
+from cispo.envs.swe_task import SWETask, publish_generated
 from cispo.envs.task import register_task
 
 TRAIN_TASKS = 256  # training tasks; the held-out count is task.eval_size
@@ -115,11 +115,7 @@ def edit_task(directory: str | Path, seed: int, held_out: int, train: int = TRAI
         tmp = Path(tempfile.mkdtemp(prefix=".generating-", dir=root))
         try:
             generate(tmp, seed, train, held_out)
-            try:
-                os.rename(tmp, final)  # atomic: a concurrent job sees all of it or none
-            except OSError:
-                if not (final / "held_out.jsonl").exists():
-                    raise
+            publish_generated(tmp, final, "held_out.jsonl")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return SWETask(final / "train.jsonl", name="swe_edit", held_out_path=final / "held_out.jsonl")

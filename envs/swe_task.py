@@ -69,14 +69,8 @@ class SWETask:
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".generating-", dir=root))
         try:
-            digest = hashlib.sha256(generate(tmp).read_bytes()).hexdigest()[:12]
-            final = root / digest
-            if not (final / "tasks.jsonl").exists():
-                try:
-                    os.rename(tmp, final)  # atomic: a concurrent job sees all of it or none
-                except OSError:
-                    if not (final / "tasks.jsonl").exists():
-                        raise
+            final = root / hashlib.sha256(generate(tmp).read_bytes()).hexdigest()[:12]
+            publish_generated(tmp, final, "tasks.jsonl")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return cls(final / "tasks.jsonl", name="swe_synthetic")
@@ -136,6 +130,18 @@ class SWETask:
             clean_up_tokenization_spaces=False,  # spaces before punctuation are code, not noise
         )
 
+
+
+def publish_generated(tmp: Path, final: Path, marker: str) -> None:
+    """Move the set generated in `tmp` to `final` in one rename: a concurrent job sees all of it or none.
+    When `final` already holds a complete set (its `marker` file exists), that one is kept."""
+    if (final / marker).exists():
+        return
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not (final / marker).exists():
+            raise
 
 @register_task("swe")
 def swe_task(cfg) -> SWETask:

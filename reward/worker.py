@@ -7,10 +7,10 @@ counted. A synchronous call that timed out keeps running in its thread (Python
 cannot kill a thread), so the worker reports itself `poisoned` and the pool
 replaces it.
 
-Calls run one after another, so a function need not be thread-safe and its time
-limit is not eaten by other calls. Once one call has timed out, the function has
-shown it can hang: the rest of the part start at once, each with its own limit, so
-N hung samples cost about two limits, not N. Async functions run concurrently
+Calls run one after another on one long-lived thread, so a function need not be
+thread-safe and its time limit is not eaten by other calls. Once one call has timed
+out, the function has shown it can hang: the rest of the part start at once, each in a
+thread of its own with its own limit, so N hung samples cost about two limits, not N. Async functions run concurrently
 from the start. Scoring stops as soon as the part's errors pass `max_errors` (the
 step's error budget): the job is failing, and the rest would only delay saying so.
 """
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import queue
 import threading
 import time
 import traceback
@@ -63,6 +64,7 @@ class RewardWorker:
         self.spec, self.timeout_s, self.batched = spec, timeout_s, batched
         self.fn: Callable = load_reward_fn(spec)
         self.is_async = is_async(self.fn)
+        self.runner = None if batched or self.is_async else _CallRunner(self.fn, spec)
         self.poisoned = False
 
     def is_poisoned(self) -> bool:
@@ -74,25 +76,24 @@ class RewardWorker:
             return self._score_batched(items)
         if self.is_async:
             return self._score_async(items)
+        if self.poisoned:  # an earlier call hung: let these wait out their limits together
+            return [_finish(self.spec, call, self.timeout_s) for call in [_Call.in_own_thread(self.fn, item)
+                                                                          for item in items]]
+        calls = self.runner.submit(items, max_errors)
         results: list[RewardResult] = []
-        errors = 0
-        for n, item in enumerate(items):
-            if max_errors is not None and errors > max_errors:
-                return results + [_budget_spent(max_errors)] * (len(items) - n)
-            if self.poisoned:  # an earlier call hung: let the others wait out their limits together
-                return results + [_finish(self.spec, call, self.timeout_s) for call in
-                                  [_Call.start(self.fn, rest) for rest in items[n:]]]
-            result = _finish(self.spec, _Call.start(self.fn, item), self.timeout_s)
-            self.poisoned |= result.timed_out
-            errors += result.error is not None
-            results.append(result)
+        for n, call in enumerate(calls):
+            results.append(_finish(self.spec, call, self.timeout_s))
+            if results[-1].timed_out:  # the runner is stuck in that call: the rest start in threads of their own
+                self.poisoned = True
+                for rest in calls[n + 1:]:
+                    rest.cancelled = True
+                return results + self.score(items[n + 1:])
         return results
 
     def _score_batched(self, items: list[tuple[str, str, dict]]) -> list[RewardResult]:
         prompts, responses, metas = (list(x) for x in zip(*items)) if items else ([], [], [])
-        call = _Call.start(self.fn, (prompts, responses, metas))
-        call.thread.join(self.timeout_s)
-        if call.thread.is_alive():
+        call = _Call.in_own_thread(self.fn, (prompts, responses, metas))
+        if not call.done.wait(self.timeout_s):
             self.poisoned = True
             return [_timed_out(self.spec, self.timeout_s) for _ in items]
         if "error" in call.box:
@@ -119,34 +120,76 @@ class RewardWorker:
         return asyncio.run(run())
 
 
-@dataclass
 class _Call:
-    """One call of a synchronous reward function, running in a daemon thread of its own."""
-    thread: threading.Thread
-    box: dict[str, Any]
-    started: float
+    """One call of a synchronous reward function: its arguments, then its value or the error it raised."""
+
+    def __init__(self, args: tuple):
+        self.args, self.box = args, {}
+        self.done = threading.Event()
+        self.started: float | None = None  # when a thread began it
+        self.cancelled = False  # before it starts: it will not run
+
+    def run(self, fn: Callable) -> None:
+        self.started = time.monotonic()
+        try:
+            self.box["value"] = fn(*self.args)
+        except BaseException:  # noqa: BLE001 - a user's function may raise anything
+            self.box["error"] = traceback.format_exc()
+        finally:
+            self.done.set()
 
     @classmethod
-    def start(cls, fn: Callable, args: tuple) -> "_Call":
-        box: dict[str, Any] = {}
-
-        def target() -> None:
-            try:
-                box["value"] = fn(*args)
-            except BaseException:  # noqa: BLE001 - a user's function may raise anything
-                box["error"] = traceback.format_exc()
-
-        thread = threading.Thread(target=target, daemon=True, name="reward-call")
-        call = cls(thread, box, time.monotonic())
-        thread.start()
+    def in_own_thread(cls, fn: Callable, args: tuple) -> "_Call":
+        call = cls(args)
+        threading.Thread(target=call.run, args=(fn,), daemon=True, name="reward-call").start()
         return call
 
 
+class _CallRunner:
+    """One daemon thread that runs a function's calls one after another, in the order submitted.
+
+    Starting a thread per call cost about 0.2 ms here, which for a cheap function was most of a
+    step's scoring time. A part's calls are submitted at once and run back to back; the runner
+    itself stops a part once its errors pass the budget. A call that overruns its limit keeps
+    this thread busy for good: the worker is poisoned then and does not use the runner again."""
+
+    def __init__(self, fn: Callable, spec: str):
+        self.fn, self.spec = fn, spec
+        self.queue: queue.SimpleQueue[tuple[list[_Call], int | None]] = queue.SimpleQueue()
+        threading.Thread(target=self._run, daemon=True, name="reward-calls").start()
+
+    def _run(self) -> None:
+        while True:
+            calls, max_errors = self.queue.get()
+            errors = 0
+            for call in calls:
+                if call.cancelled:
+                    continue
+                if max_errors is not None and errors > max_errors:
+                    call.box["skipped_after"] = max_errors
+                    call.done.set()
+                    continue
+                call.run(self.fn)
+                errors += _result(self.spec, call).error is not None
+
+    def submit(self, items: list[tuple], max_errors: int | None) -> list[_Call]:
+        calls = [_Call(item) for item in items]
+        self.queue.put((calls, max_errors))
+        return calls
+
+
 def _finish(spec: str, call: _Call, timeout_s: float) -> RewardResult:
-    """Wait for a call until timeout_s after its start; its result, or the error that ended it."""
-    call.thread.join(max(0.0, call.started + timeout_s - time.monotonic()))
-    if call.thread.is_alive():
-        return _timed_out(spec, timeout_s)
+    """Wait for a call until timeout_s after it started; its result, or the error that ended it.
+    A call waited for in submission order is running, or about to start."""
+    while not call.done.wait(max(0.0, (call.started or time.monotonic()) + timeout_s - time.monotonic())):
+        if call.started is not None and time.monotonic() >= call.started + timeout_s:
+            return _timed_out(spec, timeout_s)
+    return _result(spec, call)
+
+
+def _result(spec: str, call: _Call) -> RewardResult:
+    if "skipped_after" in call.box:
+        return _budget_spent(call.box["skipped_after"])
     if "error" in call.box:
         return _raised(spec, call.box["error"])
     return normalise_result(call.box["value"], spec)

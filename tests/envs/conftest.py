@@ -7,22 +7,16 @@ container labelled by this process is left.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-from cispo.envs.docker_daemon import connect
+from docker_helpers import our_containers
 from cispo.envs.image import DEFAULT_IMAGE, build_base_image
 from cispo.envs.pool import SandboxPool
-from cispo.envs.sandbox import LABEL, SandboxConfig
+from cispo.envs.sandbox import SandboxConfig
 from cispo.envs.swe_synthetic import SPECS, RepoSpec, build_task, generate
 from cispo.envs.swe_instances import load_instances, instance_from_row
-
-
-def our_containers() -> list:
-    """Containers labelled as sandboxes and owned by this test process."""
-    return connect().containers.list(all=True, filters={"label": [LABEL, f"{LABEL}.pid={os.getpid()}"]})
 
 
 @pytest.fixture(scope="session", autouse=True)

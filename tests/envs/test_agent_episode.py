@@ -11,6 +11,7 @@ from cispo.envs.agent import AgentConfig, render_prompt, run_episode
 from cispo.envs.agent_tools import REPO, TOOL_DOCS, ToolCall, run_tool
 from cispo.envs.docker_daemon import connect
 from cispo.envs.repo import snapshot
+from docker_helpers import our_containers, restart_docker_daemon
 from cispo.types import Completion, SamplingParams
 
 
@@ -137,3 +138,25 @@ def test_bash_is_one_shell_session_per_episode(synthetic, pool):
         with pool.sandbox() as sb:
             sb.write_tar(snapshot(task.repo_path, task.base_commit))
             assert bash(sb, 'pwd; echo "[$GREETING]"') == f"{REPO}\n[]\n[exit code 0]"
+
+
+class RestartsTheDaemon(ScriptedPolicy):
+    """Restarts the Docker daemon before its second turn: the episode's container is gone then."""
+
+    def generate(self, prompts, params: SamplingParams):
+        if len(self.prompts) == 1:
+            restart_docker_daemon()
+        return super().generate(prompts, params)
+
+
+def test_a_daemon_restart_mid_episode_is_masked_and_its_container_removed(synthetic, pool, tokenizer):
+    task = synthetic["synthetic__statkit-1"]
+    turns = [call("bash", command="ls"), call("bash", command="ls"), call("submit")]
+    res = run_episode(task, RestartsTheDaemon(tokenizer, turns), tokenizer, pool)
+    assert res.status == "infra_error" and math.isnan(res.reward) and res.finish_reason == "env_error", res
+    assert not res.to_sample("s1", "g1").trainable  # masked from the loss, never scored 0
+    pool.drain()
+    assert not our_containers()  # the stopped container is removed too
+    # The pool serves again on the restarted daemon.
+    res = run_episode(task, ScriptedPolicy(tokenizer, [call("submit")]), tokenizer, pool)
+    assert res.status == "unresolved" and res.reward == 0.0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import threading
 import time
 from pathlib import Path
@@ -16,20 +15,14 @@ from omegaconf import OmegaConf
 
 import cispo.cli  # noqa: F401  (registers `config_schema` in Hydra's ConfigStore)
 from cispo.config import validate
-from cispo.envs.docker_daemon import connect
 from cispo.envs.agent import AgentConfig, run_episode
 from cispo.envs.agent_format import BUILTIN_FORMAT, agent_format
 from cispo.envs.agent_tools import end_of_call, parse_tool_call
 from cispo.envs.chat import PromptEncoder
 from cispo.envs.swe_agent import AgentTask, reference_trajectory
-from cispo.envs.sandbox import LABEL
 from cispo.envs.swe_task import SWETask
+from docker_helpers import our_containers
 from scripted_policy import Turns
-
-
-def ours() -> list:
-    """Sandbox containers of this process: the job's sandbox pool runs in the driver."""
-    return connect().containers.list(all=True, filters={"label": [LABEL, f"{LABEL}.pid={os.getpid()}"]})
 
 
 class ContainerKiller(threading.Thread):
@@ -45,7 +38,7 @@ class ContainerKiller(threading.Thread):
     def run(self) -> None:
         while not self.stop.is_set() and self.killed is None:
             try:
-                in_use = [c for c in ours() if c.status == "running" and c.id not in self.spare
+                in_use = [c for c in our_containers() if c.status == "running" and c.id not in self.spare
                           and c.exec_run(["test", "-d", "/workspace/repo"]).exit_code == 0]
                 if in_use:
                     in_use[0].kill()
@@ -139,7 +132,7 @@ def test_a_job_trains_on_agent_episodes_with_either_driver(ray_session, tmp_path
         cfg = validate(OmegaConf.to_object(compose(config_name="config", overrides=overrides)))
     from cispo.supervise import run_job
 
-    before = {c.id for c in ours()}
+    before = {c.id for c in our_containers()}
     killer = ContainerKiller(spare=before)
     killer.start()
     try:
@@ -168,9 +161,9 @@ def test_a_job_trains_on_agent_episodes_with_either_driver(ray_session, tmp_path
     assert sum(d["status"] == "infra_error" for d in details) == len(errors)
     assert errors or any(d.get("attempts", 1) > 1 for d in details)
     deadline = time.monotonic() + 30  # a killed container's removal may still be under way
-    while {c.id for c in ours()} - before and time.monotonic() < deadline:
+    while {c.id for c in our_containers()} - before and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert not {c.id for c in ours()} - before  # every episode's and grading's container is removed
+    assert not {c.id for c in our_containers()} - before  # every episode's and grading's container is removed
     for r in records:  # an episode's version is its oldest turn's: the staleness rule holds for every token
         assert all(r["step"] - 1 - v <= staleness for v in r["policy_versions"])
     spans = [json.loads(line)["kind"] for line in (out / "timeline.jsonl").read_text().splitlines()]
