@@ -245,13 +245,16 @@ def main() -> None:
                           "reward_mean": round(r["reward_mean"], 4), "reward_last5": round(r["reward_last5"], 4)})
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / "vs_trl.json"
-    path.write_text(json.dumps({
-        "settings": {"steps": args.steps, "warmup_steps": args.warmup_steps, "prompts_per_step": PROMPTS_PER_STEP,
-                     "group_size": GROUP_SIZE, "lr": LR, "sft_steps": SFT_STEPS, "lengths": lengths,
-                     "cpus": os.cpu_count(), "trl_versions": next(iter(runs.values()))["trl"].get("versions")},
-        "table": table,
-        "rewards_per_step": {f"{side}_{length}": r.get("rewards") for length, sides in runs.items()
-                             for side, r in sides.items()}}, indent=1))
+    # One entry per response cap, each measured side by side in one run: a run replaces only its own caps.
+    by_length = json.loads(path.read_text())["by_length"] if path.exists() else {}
+    for length, sides in runs.items():
+        by_length[str(length)] = {
+            "settings": {"steps": args.steps, "warmup_steps": args.warmup_steps, "prompts_per_step": PROMPTS_PER_STEP,
+                         "group_size": GROUP_SIZE, "lr": LR, "sft_steps": SFT_STEPS, "cpus": os.cpu_count(),
+                         "date": time.strftime("%Y-%m-%d"), "trl_versions": sides["trl"].get("versions")},
+            "table": [row for row in table if row["tokens"] == length],
+            "rewards_per_step": {side: r.get("rewards") for side, r in sides.items()}}
+    path.write_text(json.dumps({"by_length": dict(sorted(by_length.items(), key=lambda kv: int(kv[0])))}, indent=1))
     print(f"written {path}")
 
 
