@@ -146,7 +146,6 @@ class Engines(ABC):
             return self.workers[index]
 
 
-
 class EngineGroup(Engines):
     """Engine actors of their own (the disaggregated layout): weights arrive through Ray's object
     store, and a dead engine is replaced (see the module docstring)."""

@@ -12,7 +12,6 @@ nothing to replace: the job's supervisor restarts the job from its last checkpoi
 from __future__ import annotations
 
 import threading
-import time
 
 from cispo.learner.group import LearnerDiedError, LearnerGroup
 from cispo.rollout.engines import Engines, EngineSpec
@@ -34,12 +33,10 @@ class ColocatedEngines(Engines):
     def replace(self, index: int, failed, error: BaseException) -> None:
         raise LearnerDiedError(f"learner rank {index} died with the rollout engine it holds: {error}") from error
 
-    def push_weights(self, version: int) -> float:
-        """Every rank's engine takes that rank's weights, in memory, as policy `version`; seconds taken."""
-        start = time.perf_counter()
+    def push_weights(self, version: int) -> None:
+        """Every rank's engine takes that rank's weights, in memory, as policy `version` (the job times it)."""
         self.learner.update_engines(version)
         self._version = version
-        return time.perf_counter() - start
 
     def shutdown(self) -> None:
         """Nothing of its own to stop: the engines go with the learner ranks."""

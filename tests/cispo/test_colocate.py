@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import ray
 import torch
 from transformers import AutoTokenizer
 
@@ -54,7 +55,8 @@ def test_in_process_update_gives_the_engine_the_learners_logprobs(ray_session, t
         for _ in range(3):  # large supervised steps move the learner well away from the engines' weights
             learner.sft_step(sft_batch(prompts, answers, tokenizer.pad_token_id), lr=1e-2)
 
-        assert engines.push_weights(version=5) >= 0 and engines.version == 5
+        engines.push_weights(version=5)
+        assert engines.version == 5 and ray.get([w.policy_version.remote() for w in engines.workers]) == [5, 5]
         after = [c[0].token_ids for c in engines.generate(prompts, greedy)]
         assert after != before
 
