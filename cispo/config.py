@@ -380,8 +380,6 @@ def _check_routing_replay(cfg: Config) -> None:
            f"the sampler records expert ids one byte each (up to 256 experts); the model has {experts}")
     _check(r.engine == "builtin", "algo.routing_replay",
            f"rollout.engine={r.engine} records no routing: only the built-in sampler does (rollout=builtin)")
-    _check(cfg.env.mode != "agent", "algo.routing_replay",
-           "agent episodes (env.mode=agent) do not carry the sampler's routing yet: nothing would be replayed")
 
 
 def validate(cfg: Config) -> Config:

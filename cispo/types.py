@@ -88,8 +88,9 @@ class Sample:
     # version, in order. Empty: every token was sampled by `policy_version`. With spans,
     # `policy_version` is the oldest span's version: staleness is measured by the oldest token.
     version_spans: list[tuple[int, int]] = field(default_factory=list)
-    # The experts the sampler routed prompt + response[:-1] to (`Completion.routed_experts`); None: not
-    # recorded (a dense model, vLLM, an agent episode), and the learner routes those tokens itself.
+    # The experts the sampler routed prompt + response[:-1] to (`Completion.routed_experts`), or a prefix
+    # of them (an agent episode's closing observation was never run); None: not recorded (a dense
+    # model, vLLM). The learner routes the tokens past the record itself.
     routed_experts: RoutedExperts | None = None
 
     def __post_init__(self) -> None:
@@ -104,9 +105,9 @@ class Sample:
         if self.version_spans:
             self.set_version_spans(self.version_spans)
         routed = len(self.prompt_ids) + len(self.response_ids) - 1
-        if self.routed_experts is not None and self.routed_experts.tokens != routed:
+        if self.routed_experts is not None and self.routed_experts.tokens > routed:
             raise ValueError(f"sample {self.sample_id}: routed_experts cover {self.routed_experts.tokens} tokens, "
-                             f"expected prompt + response - 1 = {routed}")
+                             f"more than prompt + response - 1 = {routed}")
 
     def set_version_spans(self, spans: list[tuple[int, int]]) -> None:
         """Record which version sampled which tokens; `policy_version` becomes the oldest."""

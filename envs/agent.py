@@ -36,7 +36,7 @@ from cispo.envs.pool import SandboxPool
 from cispo.envs.repo import RepoError, snapshot
 from cispo.envs.swe_instances import SWEInstance
 from cispo.envs.task import Messages
-from cispo.types import Completion, FinishReason, Sample, SamplingParams
+from cispo.types import Completion, FinishReason, RoutedExperts, Sample, SamplingParams
 
 # The diff the agent leaves is graded as a patch; one larger than this is not a fix.
 MAX_DIFF_BYTES = 1024 * 1024
@@ -80,6 +80,10 @@ class AgentResult:
     malformed_calls: int = 0  # turns whose call could not be read (no call, bad JSON)
     tool_timeouts: int = 0  # calls killed at AgentConfig.command_timeout
     seconds: dict[str, float] = field(default_factory=dict)  # sandbox (start + repo copy), turns, grade
+    # The MoE experts the engine routed the episode's tokens to (engines that record them): the last
+    # turn's record, which covers the prompt and every token before that turn's last one; the
+    # observation that may follow was never run, and the learner routes it itself.
+    routed_experts: RoutedExperts | None = None
 
     def details(self) -> dict[str, Any]:
         """What a person needs to see the episode: the grade, its counts and times, its transcript."""
@@ -103,6 +107,7 @@ class AgentResult:
             reward=None if math.isnan(self.reward) else self.reward,
             reward_details=self.details(),
             reward_error=(self.error or "infra_error") if self.status == "infra_error" else None,
+            routed_experts=self.routed_experts,
         )
 
 
@@ -167,6 +172,7 @@ class _Episode:
         self.tool_calls: Counter[str] = Counter()
         self.malformed_calls = self.tool_timeouts = 0
         self.seconds: dict[str, float] = {}
+        self.routed_experts: RoutedExperts | None = None
 
     def budget(self) -> int:
         return self.config.max_response_tokens - len(self.ids)
@@ -209,12 +215,23 @@ class _Episode:
         ids, lps = list(completion.token_ids), list(completion.logprobs)
         cut = self._cut_after_call(ids)
         ids, lps = ids[:cut], lps[:cut]
+        self._keep_routing(completion.routed_experts, len(self.prompt_ids) + len(self.ids) + cut)
         self.ids += ids
         self.logprobs += lps
         self.mask += [1] * len(ids)
         text = self.tok.decode(ids)
         self.transcript.append(("assistant", text))
         return text
+
+    def _keep_routing(self, record: RoutedExperts | None, kept: int) -> None:
+        """The turn's record of the experts (the whole history was its prompt, so it replaces the
+        last one: the later tokens' states were computed from its routing of the earlier ones), cut
+        to the `kept` tokens of the sequence that the episode keeps."""
+        if record is None:
+            self.routed_experts = None
+            return
+        row = record.layers * record.top_k
+        self.routed_experts = RoutedExperts(record.ids[: min(record.tokens, kept) * row], record.layers, record.top_k)
 
     def _cut_after_call(self, ids: list[int]) -> int:
         """The shortest prefix whose text holds a complete tool call (all of it if none).
@@ -265,5 +282,6 @@ class _Episode:
             malformed_calls=self.malformed_calls,
             tool_timeouts=self.tool_timeouts,
             seconds=self.seconds,
+            routed_experts=self.routed_experts,
             **kw,
         )

@@ -78,10 +78,14 @@ def _spec(rng: random.Random, module: str) -> tuple[RepoSpec, dict] | None:
 def specs(seed: int, train: int, held_out: int) -> tuple[list, list]:
     """(training, held-out) lists of (RepoSpec, reference edit); file names and faulty expressions
     are unique across both, so a held-out task is never a training task in disguise."""
+    names = sum(len(_SYLLABLES) ** n for n in (2, 3))  # module names of 2 or 3 syllables
+    if train + held_out > names:
+        raise ValueError(f"{train} training + {held_out} held-out tasks need as many file names; "
+                         f"the generator has {names}")
     rng = random.Random(seed)
     drawn, modules, faults = [], set(), set()
     while len(drawn) < train + held_out:
-        module = "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 3)))
+        module = "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 3)))  # 2 or 3: see `names`
         task = _spec(rng, module)
         if task is None or module in modules or task[1]["old_str"] in faults:
             continue

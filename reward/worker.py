@@ -128,6 +128,7 @@ class _Call:
         self.done = threading.Event()
         self.started: float | None = None  # when a thread began it
         self.cancelled = False  # before it starts: it will not run
+        self.result: RewardResult | None = None  # normalised once, by whichever thread reads it first
 
     def run(self, fn: Callable) -> None:
         self.started = time.monotonic()
@@ -188,11 +189,15 @@ def _finish(spec: str, call: _Call, timeout_s: float) -> RewardResult:
 
 
 def _result(spec: str, call: _Call) -> RewardResult:
-    if "skipped_after" in call.box:
-        return _budget_spent(call.box["skipped_after"])
-    if "error" in call.box:
-        return _raised(spec, call.box["error"])
-    return normalise_result(call.box["value"], spec)
+    """The finished call's RewardResult (the runner counts errors with it, the waiter returns it)."""
+    if call.result is None:
+        if "skipped_after" in call.box:
+            call.result = _budget_spent(call.box["skipped_after"])
+        elif "error" in call.box:
+            call.result = _raised(spec, call.box["error"])
+        else:
+            call.result = normalise_result(call.box["value"], spec)
+    return call.result
 
 
 def _timed_out(spec: str, timeout_s: float) -> RewardResult:

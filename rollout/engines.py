@@ -208,11 +208,10 @@ class EngineGroup(Engines):
             ray.get(worker.update_weights.remote(weights_ref, version), timeout=self.push_timeout_s)
         self.workers[index] = worker
 
-    def push_weights(self, weights_ref: ray.ObjectRef, version: int) -> float:
-        """Load the learner's weights into every engine; seconds taken. Fails loudly past the timeout.
+    def push_weights(self, weights_ref: ray.ObjectRef, version: int) -> None:
+        """Load the learner's weights into every engine. Fails loudly past the timeout.
 
         An engine found dead is replaced; the replacement loads these weights as it starts."""
-        start = time.perf_counter()
         with self._lock:  # a replacement started after this loads these weights
             self._weights = (weights_ref, version)
             workers = list(self.workers)
@@ -230,7 +229,6 @@ class EngineGroup(Engines):
         versions = ray.get([w.policy_version.remote() for w in self.workers])
         if any(v != version for v in versions):
             raise WeightPushError(f"engines report versions {versions} after pushing version {version}")
-        return time.perf_counter() - start
 
     def shutdown(self) -> None:
         for w in self.workers:

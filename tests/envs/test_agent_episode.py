@@ -4,6 +4,7 @@ import json
 import math
 
 import pytest
+import torch
 from tokenizers import ByteLevelBPETokenizer
 from transformers import PreTrainedTokenizerFast
 
@@ -12,7 +13,9 @@ from cispo.envs.agent_tools import REPO, TOOL_DOCS, ToolCall, run_tool
 from cispo.envs.docker_daemon import connect
 from cispo.envs.repo import snapshot
 from docker_helpers import our_containers, restart_docker_daemon
-from cispo.types import Completion, SamplingParams
+from cispo.model import LightningMoELM, ModelConfig, Sampler
+from cispo.model.moe import SamplerRouting
+from cispo.types import Completion, RoutedExperts, SamplingParams
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +141,65 @@ def test_bash_is_one_shell_session_per_episode(synthetic, pool):
         with pool.sandbox() as sb:
             sb.write_tar(snapshot(task.repo_path, task.base_commit))
             assert bash(sb, 'pwd; echo "[$GREETING]"') == f"{REPO}\n[]\n[exit code 0]"
+
+
+class RecordsPositions(ScriptedPolicy):
+    """Scripted turns whose routing record names each token's position: token t's (layer 0) experts
+    are (t % 256, t // 256), over the prompt and every turn token but the last, as an engine's."""
+
+    def generate(self, prompts, params: SamplingParams):
+        [[completion]] = super().generate(prompts, params)
+        routed = range(len(prompts[0]) + len(completion.token_ids) - 1)
+        completion.routed_experts = RoutedExperts(bytes(b for t in routed for b in (t % 256, t // 256)), 1, 2)
+        return [[completion]]
+
+
+def _record_positions(routed: RoutedExperts) -> list[int]:
+    return [lo + 256 * hi for lo, hi in zip(routed.ids[::2], routed.ids[1::2])]
+
+
+def test_an_episode_carries_its_last_turns_routing_cut_to_the_tokens_it_kept(synthetic, pool, tokenizer):
+    task = synthetic["synthetic__statkit-1"]
+    submitted = run_episode(task, RecordsPositions(tokenizer, [
+        call("bash", command="ls") + " trailing words never acted on", call("submit")]), tokenizer, pool)
+    tokens = len(submitted.prompt_ids) + len(submitted.response_ids) - 1  # the submit call's last token never ran
+    assert _record_positions(submitted.routed_experts) == list(range(tokens))
+    assert submitted.to_sample("s", "g").routed_experts == submitted.routed_experts
+
+    # Out of turns: the second turn is cut after its call, its observation closes the episode unrun.
+    limited = run_episode(task, RecordsPositions(tokenizer, [call("bash", command="ls"), call("bash", command="ls") + " and"]),
+                          tokenizer, pool, config=AgentConfig(max_turns=2))
+    last_observation = limited.loss_mask[::-1].index(1)
+    assert limited.finish_reason == "length" and last_observation > 0
+    kept = len(limited.prompt_ids) + len(limited.response_ids) - last_observation
+    assert _record_positions(limited.routed_experts) == list(range(kept))
+
+    unrecorded = run_episode(task, ScriptedPolicy(tokenizer, [call("submit")]), tokenizer, pool)
+    assert unrecorded.routed_experts is None and unrecorded.to_sample("s", "g").routed_experts is None
+
+
+def test_the_built_in_samplers_record_of_an_episode_is_the_routing_of_its_whole_sequence(synthetic, pool, tokenizer):
+    """A real hybrid MoE policy plays (malformed turns: it is untrained); the record it leaves
+    equals the experts one full forward of the episode's tokens picks, observations included."""
+    torch.manual_seed(0)
+    model = LightningMoELM(ModelConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+        head_dim=32, layer_types=["linear_attention", "full_attention"], num_local_experts=4,
+        num_experts_per_tok=2, max_position_embeddings=4096, bos_token_id=None, eos_token_id=None)).eval()
+    config = AgentConfig(max_turns=2, max_turn_tokens=24, max_observation_tokens=32)
+    res = run_episode(synthetic["synthetic__statkit-1"], Sampler(model, max_batch=1), tokenizer, pool,
+                      sampling=SamplingParams(max_tokens=24, seed=1), config=config)
+    routed = res.routed_experts
+    sequence = res.prompt_ids + res.response_ids
+    assert res.malformed_calls == 2 and (routed.layers, routed.top_k) == (2, 2)
+    assert routed.tokens == len(sequence) - res.loss_mask[::-1].index(1) - 1  # up to the last sampled token
+
+    experts = torch.zeros((len(sequence), 2, 2), dtype=torch.uint8)
+    experts[:routed.tokens] = torch.frombuffer(bytearray(routed.ids), dtype=torch.uint8).view(routed.tokens, 2, 2)
+    recorded = torch.arange(len(sequence)) < routed.tokens
+    with torch.no_grad():
+        full = model(torch.tensor([sequence]), routing=SamplerRouting(experts, recorded, replay=False))
+    assert full.agreeing_tokens.tolist() == [routed.tokens] * 2
 
 
 class RestartsTheDaemon(ScriptedPolicy):

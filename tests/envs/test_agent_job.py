@@ -119,10 +119,11 @@ def test_the_learner_puts_no_gradient_on_observation_tokens(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("staleness", [0, 1])
-def test_a_job_trains_on_agent_episodes_with_either_driver(ray_session, tmp_path, staleness):
+@pytest.mark.parametrize("staleness, replay", [(0, False), (1, True)])
+def test_a_job_trains_on_agent_episodes_with_either_driver(ray_session, tmp_path, staleness, replay):
+    """The asynchronous run also replays the episodes' MoE routing (algo.routing_replay)."""
     out = tmp_path / "run"
-    overrides = ["+experiment=swe_synthetic", "env.mode=agent", f"trainer.output_dir={out}",
+    overrides = ["+experiment=swe_synthetic", "env.mode=agent", f"trainer.output_dir={out}", f"algo.routing_replay={replay}",
                  f"task.data_dir={tmp_path / 'tasks'}", f"trainer.max_staleness={staleness}", "trainer.steps=2",
                  "trainer.sft_steps=1", "trainer.sft_batch_size=2", "rollout.prompts_per_step=2",
                  "algo.group_size=2", "env.max_turns=2",
@@ -146,6 +147,7 @@ def test_a_job_trains_on_agent_episodes_with_either_driver(ray_session, tmp_path
         assert m["rollout/groups"] == 2 and m["data/prompts_trained"] == 2
         assert 1 <= m["env/turns_mean"] <= 2 and 0 <= m["env/submit_rate"] <= 1
         assert m["env/sandbox_s_mean"] > 0 and m["env/grade_s_mean"] > 0
+        assert 0 < m["moe/routing_agreement"] <= 1  # the episodes carried the sampler's routing
         fracs = [v for k, v in m.items() if k.startswith("env/status_")]
         assert math.isclose(sum(fracs), 1.0), m
     records = [json.loads(line) for line in (out / "trained_samples.jsonl").read_text().splitlines()]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from cispo.envs.agent import AgentConfig, run_episode
 from cispo.envs.agent_format import BUILTIN_FORMAT
 from cispo.envs.agent_tools import end_of_call
@@ -26,6 +28,8 @@ def test_the_held_out_tasks_share_no_file_name_or_faulty_expression_with_trainin
         assert f"In {edit['path']}, `{edit['old_str']}` should be `{edit['new_str']}`." == spec.problem_statement
         assert spec.base_files[edit["path"]].count(edit["old_str"]) == 1
     assert specs(seed=3, train=200, held_out=40)[1][0][0] == held_out[0][0]  # a pure function of the seed
+    with pytest.raises(ValueError, match="4400 training \\+ 32 held-out tasks need as many file names; the generator has 4352"):
+        specs(seed=3, train=4400, held_out=32)  # asking for more than exist is an error, not an endless draw
 
 
 def test_the_editor_reference_episode_is_token_exact_and_resolves(tmp_path, pool):

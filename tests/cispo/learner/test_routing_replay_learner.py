@@ -40,9 +40,11 @@ def test_batch_carries_recorded_experts_per_input_token_and_marks_the_unrecorded
     assert all(part.routed_experts is None for part in plain.chunks(2))
 
 
-def test_a_sample_rejects_a_record_that_does_not_cover_its_routed_tokens():
-    with pytest.raises(ValueError, match="routed_experts cover 4 tokens, expected prompt \\+ response - 1 = 5"):
-        _sample(0, [1, 2, 3], [4, 5, 6], RoutedExperts(bytes(4 * 3 * 2), layers=3, top_k=2))
+def test_a_sample_takes_a_record_of_a_prefix_of_its_tokens_and_rejects_one_past_them():
+    short = _sample(0, [1, 2, 3], [4, 5, 6], RoutedExperts(bytes(4 * 3 * 2), layers=3, top_k=2))
+    assert make_batch([short], pad_id=0).routing_recorded.tolist() == [[True] * 4 + [False] * 2]
+    with pytest.raises(ValueError, match="routed_experts cover 6 tokens, more than prompt \\+ response - 1 = 5"):
+        _sample(0, [1, 2, 3], [4, 5, 6], RoutedExperts(bytes(6 * 3 * 2), layers=3, top_k=2))
 
 
 @pytest.mark.parametrize("overrides, message", [

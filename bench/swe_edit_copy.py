@@ -1,0 +1,124 @@
+"""Does the swe_agent warm-up teach the copy? Held-out exact first calls during SFT, no sandboxes.
+
+`+experiment=swe_agent` is solved by one `str_replace_editor` call that copies the file name
+and two expressions from the issue. Its warm-up trains on 256 tasks' reference episodes and
+the policy memorises them (0 of 32 held-out tasks resolved after it). This measures, far
+faster than the job, whether SFT on many more distinct tasks (each seen about once) makes
+the copy generalise: the swe_agent policy (created as the job creates it, `model.*`
+overrides apply) trains on the reference episodes of `--train` generated tasks with the job's
+SFT loss (mean NLL of the episode's tokens, gradients clipped at learner.grad_clip), in plain torch on one process, and every
+`--every` steps reports on `--held-out` other tasks (other file names, other expressions):
+
+    exact calls   the fraction whose whole first call is the argmax at every token under
+                  teacher forcing, i.e. whose greedy first call would be byte-exact
+    call tokens   the fraction of the calls' tokens that are the argmax
+
+Tasks are drawn by `cispo.envs.swe_edit_tasks.specs` (no repositories are built: the
+reference episode needs only the issue and the file), so `--train` can be in the thousands.
+
+    .venv/bin/python bench/swe_edit_copy.py [--train 4000] [--steps 1500] [--every 100] [OVERRIDES...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import tempfile
+import time
+
+import torch
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+import cispo.cli  # noqa: F401 - registers the config schema
+from cispo.config import Config
+from cispo.envs.agent_format import BUILTIN_FORMAT
+from cispo.envs.swe_agent import edit_trajectory
+from cispo.envs.swe_edit_tasks import specs
+from cispo.envs.swe_task import SWETask
+from cispo.job import agent_config
+from cispo.policy import create_policy, load_policy
+
+
+def encoded(tasks, tokenizer, cfg: Config) -> list[tuple[list[int], list[int], int]]:
+    """(prompt ids, reference episode ids + EOS, tokens of its first call) of each task."""
+    agent = agent_config(cfg)
+    out = []
+    for spec, edit in tasks:
+        prompt = BUILTIN_FORMAT.prompt(agent.system, spec.problem_statement, agent.tool_docs)
+        episode = edit_trajectory(edit, spec.base_files[edit["path"]], BUILTIN_FORMAT)
+        call = BUILTIN_FORMAT.call("str_replace_editor", {"command": "str_replace", **edit})
+        out.append((tokenizer(prompt).input_ids,
+                    tokenizer(episode, add_special_tokens=False).input_ids + [tokenizer.eos_token_id],
+                    len(tokenizer(call, add_special_tokens=False).input_ids)))
+    return out
+
+
+def padded(pairs, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """input ids (B, L), next-token targets (-100 outside the episode), and which targets are the call's."""
+    length = max(len(p) + len(a) for p, a, _ in pairs)
+    ids = torch.full((len(pairs), length), pad_id)
+    targets = torch.full((len(pairs), length), -100)
+    call = torch.zeros((len(pairs), length), dtype=torch.bool)
+    for i, (prompt, answer, call_tokens) in enumerate(pairs):
+        ids[i, :len(prompt) + len(answer)] = torch.tensor(prompt + answer)
+        targets[i, len(prompt) - 1:len(prompt) + len(answer) - 1] = torch.tensor(answer)
+        call[i, len(prompt) - 1:len(prompt) - 1 + call_tokens] = True
+    return ids, targets, call
+
+
+@torch.no_grad()
+def held_out_calls(model, pairs, pad_id: int) -> tuple[float, float]:
+    """(exact calls, call tokens) on `pairs` under teacher forcing."""
+    model.eval()
+    exact = right = total = 0
+    for i in range(0, len(pairs), 16):
+        ids, targets, call = padded(pairs[i:i + 16], pad_id)
+        hit = model(ids).logits.argmax(-1) == targets
+        exact += int((hit | ~call).all(-1).sum())
+        right, total = right + int((hit & call).sum()), total + int(call.sum())
+    model.train()
+    return exact / len(pairs), right / total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train", type=int, default=4000, help="distinct training tasks")
+    parser.add_argument("--held-out", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--every", type=int, default=100)
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of +experiment=swe_agent (model.*, trainer.*)")
+    args = parser.parse_args()
+    with initialize_config_module(config_module="cispo.conf", version_base="1.3"):
+        cfg: Config = OmegaConf.to_object(compose(config_name="config",
+                                                  overrides=["+experiment=swe_agent", *args.overrides]))
+    tc = cfg.trainer
+    tokenizer = SWETask.build_tokenizer()
+    with tempfile.TemporaryDirectory() as directory:
+        model = load_policy(create_policy(cfg.model, tokenizer, directory))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.sft_lr)
+    train, held_out = specs(cfg.task.seed, args.train, args.held_out)
+    train, held_out = encoded(train, tokenizer, cfg), encoded(held_out, tokenizer, cfg)
+    random.Random(tc.seed).shuffle(train)
+    print(f"{len(train)} training tasks, {len(held_out)} held out; prompt {len(train[0][0])} tokens, episode "
+          f"{len(train[0][1])}, first call {train[0][2]}; batch {tc.sft_batch_size}, lr {tc.sft_lr:g}", flush=True)
+    started = time.perf_counter()
+    for step in range(1, args.steps + 1):
+        first = (step - 1) * tc.sft_batch_size
+        ids, targets, _ = padded([train[(first + i) % len(train)] for i in range(tc.sft_batch_size)],
+                                 tokenizer.pad_token_id)
+        logits = model(ids).logits.float()
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.learner.grad_clip)  # as the learner's DeepSpeed does
+        optimizer.step()
+        if step % args.every == 0 or step == args.steps:
+            exact, tokens = held_out_calls(model, held_out, tokenizer.pad_token_id)
+            print(f"step {step:5d}  passes {step * tc.sft_batch_size / len(train):4.1f}  loss {loss.item():.3f}  "
+                  f"held-out exact calls {exact:.3f}  call tokens {tokens:.3f}  "
+                  f"{time.perf_counter() - started:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
