@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from interrupts import sigint_default
+
 CISPO_TRAIN = Path(sys.executable).parent / "cispo-train"
 USER_REWARDS = Path(__file__).parents[1] / "reward" / "user_rewards.py"
 QUICK = ["trainer.sft_steps=0", "trainer.save_every=1", "logger.progress_bar=false", "task.eval_size=4"]
@@ -38,7 +40,8 @@ def test_a_failed_job_says_the_cause_in_one_paragraph_and_keeps_the_traceback_in
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen([str(CISPO_TRAIN), *QUICK, f"trainer.output_dir={out}", "trainer.steps=200"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=sigint_default)
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and not (out / "checkpoints").exists():

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from interrupts import sigint_default
+
 CLI = Path(sys.executable).parent / "cispo-env"
 
 
@@ -56,7 +58,8 @@ def test_the_report_is_rewritten_as_instances_are_graded_and_kept_on_interrupt(s
     preds = _jsonl(tmp_path / "preds.jsonl", [{"instance_id": iid, "model_patch": synthetic[iid].patch} for iid in ids])
     out = tmp_path / "report.json"
     argv = [CLI, "score", "--tasks", _tasks_file(synthetic), "--predictions", preds, "--out", out, "--workers", "1"]
-    proc = subprocess.Popen([str(a) for a in argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([str(a) for a in argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=sigint_default)
     seen = []  # each distinct summary the report held while the run went on
     deadline = time.monotonic() + 240
     while proc.poll() is None and time.monotonic() < deadline:
