@@ -37,6 +37,7 @@ from cispo.envs.swe_agent import edit_trajectory
 from cispo.envs.swe_edit_tasks import specs
 from cispo.envs.swe_task import SWETask
 from cispo.job import agent_config
+from cispo.learner.batch import sft_batch
 from cispo.policy import create_policy, load_policy
 
 
@@ -54,17 +55,19 @@ def encoded(tasks, tokenizer, cfg: Config) -> list[tuple[list[int], list[int], i
     return out
 
 
-def padded(pairs, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """input ids (B, L), next-token targets (-100 outside the episode), and which targets are the call's."""
-    length = max(len(p) + len(a) for p, a, _ in pairs)
-    ids = torch.full((len(pairs), length), pad_id)
-    targets = torch.full((len(pairs), length), -100)
-    call = torch.zeros((len(pairs), length), dtype=torch.bool)
-    for i, (prompt, answer, call_tokens) in enumerate(pairs):
-        ids[i, :len(prompt) + len(answer)] = torch.tensor(prompt + answer)
-        targets[i, len(prompt) - 1:len(prompt) + len(answer) - 1] = torch.tensor(answer)
-        call[i, len(prompt) - 1:len(prompt) - 1 + call_tokens] = True
-    return ids, targets, call
+def batch(pairs, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The warm-up's batch (`sft_batch`): input ids (B, L), the episode's targets (B, L-1) and mask,
+    and which targets are its first call's."""
+    prompts, answers, call_tokens = zip(*pairs)
+    sft = sft_batch(list(prompts), list(answers), pad_id)
+    mask = sft.loss_mask.bool()
+    call = mask & (mask.cumsum(-1) <= torch.tensor(call_tokens)[:, None])
+    return sft.input_ids, mask, call
+
+
+def target_logits(model, input_ids: torch.Tensor) -> torch.Tensor:
+    """(B, L-1, V) logits of each next token."""
+    return model(input_ids).logits[:, :-1].float()
 
 
 @torch.no_grad()
@@ -73,8 +76,8 @@ def held_out_calls(model, pairs, pad_id: int) -> tuple[float, float]:
     model.eval()
     exact = right = total = 0
     for i in range(0, len(pairs), 16):
-        ids, targets, call = padded(pairs[i:i + 16], pad_id)
-        hit = model(ids).logits.argmax(-1) == targets
+        ids, _, call = batch(pairs[i:i + 16], pad_id)
+        hit = target_logits(model, ids).argmax(-1) == ids[:, 1:]
         exact += int((hit | ~call).all(-1).sum())
         right, total = right + int((hit & call).sum()), total + int(call.sum())
     model.train()
@@ -92,12 +95,15 @@ def main() -> None:
     with initialize_config_module(config_module="cispo.conf", version_base="1.3"):
         cfg: Config = OmegaConf.to_object(compose(config_name="config",
                                                   overrides=["+experiment=swe_agent", *args.overrides]))
+    try:
+        train, held_out = specs(cfg.task.seed, args.train, args.held_out)
+    except ValueError as e:  # more tasks than the generator has names
+        parser.error(str(e))
     tc = cfg.trainer
     tokenizer = SWETask.build_tokenizer()
     with tempfile.TemporaryDirectory() as directory:
         model = load_policy(create_policy(cfg.model, tokenizer, directory))
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.sft_lr)
-    train, held_out = specs(cfg.task.seed, args.train, args.held_out)
     train, held_out = encoded(train, tokenizer, cfg), encoded(held_out, tokenizer, cfg)
     random.Random(tc.seed).shuffle(train)
     print(f"{len(train)} training tasks, {len(held_out)} held out; prompt {len(train[0][0])} tokens, episode "
@@ -105,10 +111,10 @@ def main() -> None:
     started = time.perf_counter()
     for step in range(1, args.steps + 1):
         first = (step - 1) * tc.sft_batch_size
-        ids, targets, _ = padded([train[(first + i) % len(train)] for i in range(tc.sft_batch_size)],
-                                 tokenizer.pad_token_id)
-        logits = model(ids).logits.float()
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        ids, mask, _ = batch([train[(first + i) % len(train)] for i in range(tc.sft_batch_size)],
+                             tokenizer.pad_token_id)
+        logp = target_logits(model, ids).log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        loss = -(logp * mask).sum() / mask.sum()  # the warm-up's loss: mean NLL of the episodes' tokens
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.learner.grad_clip)  # as the learner's DeepSpeed does

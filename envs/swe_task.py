@@ -131,7 +131,6 @@ class SWETask:
         )
 
 
-
 def publish_generated(tmp: Path, final: Path, marker: str) -> None:
     """Move the set generated in `tmp` to `final` in one rename: a concurrent job sees all of it or none.
     When `final` already holds a complete set (its `marker` file exists), that one is kept."""
@@ -142,6 +141,7 @@ def publish_generated(tmp: Path, final: Path, marker: str) -> None:
     except OSError:
         if not (final / marker).exists():
             raise
+
 
 @register_task("swe")
 def swe_task(cfg) -> SWETask:
