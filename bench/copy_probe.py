@@ -26,6 +26,7 @@ import time
 
 import torch
 from hydra import compose, initialize_config_module
+from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 import cispo.cli  # noqa: F401 - registers the config schema
@@ -61,15 +62,20 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=100)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of +experiment=swe_agent (model.*)")
     args = parser.parse_args()
-    with initialize_config_module(config_module="cispo.conf", version_base="1.3"):
-        cfg = OmegaConf.to_object(compose(config_name="config", overrides=["+experiment=swe_agent", *args.overrides]))
+    try:
+        with initialize_config_module(config_module="cispo.conf", version_base="1.3"):
+            cfg = OmegaConf.to_object(compose(config_name="config",
+                                              overrides=["+experiment=swe_agent", *args.overrides]))
+    except ConfigCompositionException as e:  # an override naming no key, or a value of the wrong type
+        parser.error(f"{e} ({str(e.__cause__).splitlines()[0]})" if e.__cause__ else str(e))
     tokenizer = SWETask.build_tokenizer()
     with tempfile.TemporaryDirectory() as directory:
         model = load_policy(create_policy(cfg.model, tokenizer, directory))
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
     rng = random.Random(cfg.trainer.seed)
-    print(f"{cfg.model.arch}, {cfg.model.num_layers} layers (softmax every {cfg.model.softmax_every}), "
-          f"hidden {cfg.model.hidden_size}; lr {args.lr:g}, batch 32", flush=True)
+    layout = f" (softmax every {cfg.model.softmax_every})" if cfg.model.arch == "minimax" else ""
+    print(f"{cfg.model.arch}, {cfg.model.num_layers} layers{layout}, hidden {cfg.model.hidden_size}; "
+          f"lr {args.lr:g}, batch 32", flush=True)
     started = time.perf_counter()
     for step in range(1, args.steps + 1):
         ids = rows(rng, tokenizer, 32)

@@ -28,6 +28,7 @@ import time
 
 import torch
 from hydra import compose, initialize_config_module
+from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 import cispo.cli  # noqa: F401 - registers the config schema
@@ -92,9 +93,12 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=100)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of +experiment=swe_agent (model.*, trainer.*)")
     args = parser.parse_args()
-    with initialize_config_module(config_module="cispo.conf", version_base="1.3"):
-        cfg: Config = OmegaConf.to_object(compose(config_name="config",
-                                                  overrides=["+experiment=swe_agent", *args.overrides]))
+    try:
+        with initialize_config_module(config_module="cispo.conf", version_base="1.3"):
+            cfg: Config = OmegaConf.to_object(compose(config_name="config",
+                                                      overrides=["+experiment=swe_agent", *args.overrides]))
+    except ConfigCompositionException as e:  # an override naming no key, or a value of the wrong type
+        parser.error(f"{e} ({str(e.__cause__).splitlines()[0]})" if e.__cause__ else str(e))
     try:
         train, held_out = specs(cfg.task.seed, args.train, args.held_out)
     except ValueError as e:  # more tasks than the generator has names

@@ -11,8 +11,9 @@ Calls run one after another on one long-lived thread, so a function need not be
 thread-safe and its time limit is not eaten by other calls. Once one call has timed
 out, the function has shown it can hang: the rest of the part start at once, each in
 a thread of its own with its own limit, so N hung samples cost about two limits, not
-N. Async functions run concurrently from the start. Scoring stops as soon as the part's errors pass `max_errors` (the
-step's error budget): the job is failing, and the rest would only delay saying so.
+N. Async functions run concurrently from the start. Scoring stops as soon as the
+part's errors pass `max_errors` (the step's error budget): the job is failing, and the
+rest would only delay saying so.
 """
 
 from __future__ import annotations
