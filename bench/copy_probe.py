@@ -1,17 +1,18 @@
 """Can the policy learn a content-addressed copy, the skill `+experiment=swe_agent`'s edit call needs?
 
 The swe_agent policy's first call copies a file name and two expressions from the issue,
-and `bench/swe_edit_copy.py` finds the warm-up never gets a held-out call byte-exact. This
-isolates the copy. Each row is 100 random letters holding one bracketed 8-letter string
+and `bench/swe_edit_copy.py` found the hybrid policy's warm-up never gets a held-out call
+byte-exact. This isolates the copy. Each row is 100 random letters holding one bracketed 8-letter string
 `[s]` at a random place, then `=`, then s again; the loss is on that second s. Its offset
 from the first varies, so only finding the brackets and copying what follows them (an
 induction circuit: one layer tells each token its predecessor, the next looks up the token
 after the current one) gets it right. Chance is 1/26 a letter (loss ln 26 = 3.26).
 
-The policy is created as the swe_agent job creates it (`model.*` overrides apply, e.g.
-`model.arch=qwen2` for the dense one) and trained in plain torch on one process with AdamW
-at `--lr`, batch 32; every `--every` steps it prints the training loss and the fraction of
-64 fresh rows' copied letters that are the argmax.
+The policy is created as the swe_agent job creates it (the dense Qwen2; overrides apply,
+e.g. `model=minimax_tiny model.num_layers=2 model.softmax_every=2` for a hybrid of one
+lightning and one softmax layer) and trained in plain torch on one process with AdamW at
+`--lr`, batch 32; every `--every` steps it prints the training loss and the fraction of 64
+fresh rows' copied letters that are the argmax.
 
     .venv/bin/python bench/copy_probe.py [--steps 1000] [--lr 1e-3] [OVERRIDES...]
 """

@@ -1,13 +1,14 @@
 """Does the swe_agent warm-up teach the copy? Held-out exact first calls during SFT, no sandboxes.
 
 `+experiment=swe_agent` is solved by one `str_replace_editor` call that copies the file name
-and two expressions from the issue. Its warm-up trains on 256 tasks' reference episodes and
-the policy memorises them (0 of 32 held-out tasks resolved after it). This measures, far
-faster than the job, whether SFT on many more distinct tasks (each seen about once) makes
+and two expressions from the issue. On 256 tasks' reference episodes a policy memorises them
+(0 of 32 held-out tasks resolved after its warm-up). This measures, far faster than the
+job, whether SFT on many distinct tasks (`task.train_size`, each seen a few times) makes
 the copy generalise: the swe_agent policy (created as the job creates it, `model.*`
 overrides apply) trains on the reference episodes of `--train` generated tasks with the job's
-SFT loss (mean NLL of the episode's tokens, gradients clipped at learner.grad_clip), in plain torch on one process, and every
-`--every` steps reports on `--held-out` other tasks (other file names, other expressions):
+SFT loss (mean NLL of the episode's tokens, gradients clipped at learner.grad_clip) and its
+AdamW settings (`learner.*`), in plain torch on one process, and every `--every` steps
+reports on `--held-out` other tasks (other file names, other expressions):
 
     exact calls   the fraction whose whole first call is the argmax at every token under
                   teacher forcing, i.e. whose greedy first call would be byte-exact
@@ -107,11 +108,14 @@ def main() -> None:
     tokenizer = SWETask.build_tokenizer()
     with tempfile.TemporaryDirectory() as directory:
         model = load_policy(create_policy(cfg.model, tokenizer, directory))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.sft_lr)
+    lc = cfg.learner  # the AdamW settings of the job's warm-up
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.sft_lr, betas=(lc.beta1, lc.beta2), eps=lc.eps,
+                                  weight_decay=lc.weight_decay)
     train, held_out = encoded(train, tokenizer, cfg), encoded(held_out, tokenizer, cfg)
     random.Random(tc.seed).shuffle(train)
     print(f"{len(train)} training tasks, {len(held_out)} held out; prompt {len(train[0][0])} tokens, episode "
-          f"{len(train[0][1])}, first call {train[0][2]}; batch {tc.sft_batch_size}, lr {tc.sft_lr:g}", flush=True)
+          f"{len(train[0][1])}, first call {train[0][2]}; batch {tc.sft_batch_size}, lr {tc.sft_lr:g}, "
+          f"AdamW betas {lc.beta1:g}, {lc.beta2:g}, eps {lc.eps:g}, weight decay {lc.weight_decay:g}", flush=True)
     started = time.perf_counter()
     for step in range(1, args.steps + 1):
         first = (step - 1) * tc.sft_batch_size

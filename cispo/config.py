@@ -202,6 +202,8 @@ class TaskConfig:
     eval_size: int = 64
     # SWE tasks: where swe_synthetic / swe_edit write (and reuse) their generated task sets; relative to the cwd.
     data_dir: str = "outputs/swe_synthetic_tasks"
+    # swe_edit: how many training tasks to generate (file names are unique: train + eval_size <= 4352).
+    train_size: int = 256
     # (task=swe takes `path`: a SWE-bench-shaped tasks.jsonl, the rows `cispo-env score` reads.)
     # task=swe checks its tasks before training (gold and empty patch graded twice each, as
     # `cispo-env validate`; cached per file under ~/.cache/cispo/task_checks). Tasks that fail:

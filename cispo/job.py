@@ -8,6 +8,7 @@ written once; they differ only in when they ask the rollout source for groups.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import math
 import os
@@ -302,39 +303,51 @@ class Job:
         `pass` detail, else a score of 1. Failed scorings count in eval/errors, never as passes."""
         n = self.cfg.trainer.eval_samples
         greedy = self._eval_results(self.sampling_params(n=1, temperature=0.0))
-        scores = [res.score for per_row in greedy for res in per_row if res.error is None]
+        self._record_greedy_eval(greedy)
+        scores = [res.score for per_row in greedy for _, res in per_row if res.error is None]
         out = {"eval/greedy_reward": sum(scores) / max(len(scores), 1), "eval/errors": len(self.eval_prompts) - len(scores)}
         if n:
             sampled = self._eval_results(self.sampling_params(n=n))
-            correct = [sum(res.error is None and bool(res.details.get("pass", res.score == 1.0)) for res in per_row)
+            correct = [sum(res.error is None and bool(res.details.get("pass", res.score == 1.0)) for _, res in per_row)
                        for per_row in sampled]
             for k in sorted({2**i for i in range(n.bit_length()) if 2**i <= n} | {n}):
                 out[f"eval/pass@{k}"] = statistics.fmean(pass_at_k(n, c, k) for c in correct)
-            out["eval/errors"] += sum(res.error is not None for per_row in sampled for res in per_row)
+            out["eval/errors"] += sum(res.error is not None for per_row in sampled for _, res in per_row)
         return out
 
-    def _eval_results(self, params: SamplingParams) -> list[list]:
-        """Generate `params.n` responses per row and score them: per row, its `RewardResult`s."""
+    def _record_greedy_eval(self, greedy: list[list[tuple[str, RewardResult]]]) -> None:
+        """One line per evaluation in output_dir/eval_samples.jsonl: the step, and each held-out row's
+        prompt, greedy response, score, reward details (an agent episode's transcript) and error.
+        A resumed job appends its own evaluations."""
+        rows = [{"prompt": prompt.text, "response": text, "score": res.score, "details": res.details,
+                 "error": res.error} for prompt, ((text, res),) in zip(self.eval_prompts, greedy)]
+        with open(self.out / "eval_samples.jsonl", "a") as f:
+            f.write(json.dumps({"step": self.state.step, "rows": rows}, default=str) + "\n")
+
+    def _eval_results(self, params: SamplingParams) -> list[list[tuple[str, RewardResult]]]:
+        """Generate `params.n` responses per row and score them: per row, (response text, result) of each."""
         if self.agent is not None:
             return self._eval_episodes(params)
         prompts = self.eval_prompts
         completions = self.rollout.generate([p.ids for p in prompts], params)
         items = [(p.text, self.tokenizer.decode(c.token_ids, skip_special_tokens=True), p.metadata)
                  for p, cs in zip(prompts, completions) for c in cs]
-        results = self.rewards.score_items(items)
+        results = list(zip([response for _, response, _ in items], self.rewards.score_items(items)))
         return [results[i * params.n:(i + 1) * params.n] for i in range(len(prompts))]
 
-    def _eval_episodes(self, params: SamplingParams) -> list[list[RewardResult]]:
-        """`params.n` agent episodes per held-out row, graded: per row, their results."""
+    def _eval_episodes(self, params: SamplingParams) -> list[list[tuple[str, RewardResult]]]:
+        """`params.n` agent episodes per held-out row, graded: per row, (episode text, result) of each;
+        the episode text is its turns and observations as the policy saw them."""
         play, never = self._agent_player(params), threading.Event()
         # One per engine, shared by the episodes on it, so their turns are batched while it is busy.
         turns = [EngineTurns(self.rollout, i, self.cfg.rollout.generate_timeout_s, never)
                  for i in range(len(self.rollout.workers))]
 
-        def episode(k: int) -> RewardResult:
+        def episode(k: int) -> tuple[str, RewardResult]:
             prompt = self.eval_prompts[k // params.n]
             sample = play(prompt, turns[k % len(turns)], f"eval-{k}", f"eval-{k // params.n}")
-            return RewardResult(sample.reward, sample.reward_details, sample.reward_error)
+            return (self.tokenizer.decode(sample.response_ids, skip_special_tokens=True),
+                    RewardResult(sample.reward, sample.reward_details, sample.reward_error))
 
         with ThreadPoolExecutor(self.cfg.rollout.episodes_in_flight, thread_name_prefix="eval-episode") as pool:
             results = list(pool.map(episode, range(len(self.eval_prompts) * params.n)))

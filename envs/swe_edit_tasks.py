@@ -29,7 +29,6 @@ from cispo.envs.swe_synthetic import RepoSpec, build_task
 from cispo.envs.swe_task import SWETask, publish_generated
 from cispo.envs.task import register_task
 
-TRAIN_TASKS = 256  # training tasks; the held-out count is task.eval_size
 _SYLLABLES = ("ba", "ko", "mi", "lu", "ter", "va", "no", "si", "dep", "ra", "fi", "gol", "ze", "pu", "han", "wi")
 _VARIABLES = ("a", "b", "x", "y", "n", "m", "p", "q", "u", "v")
 _OPS = ("+", "-", "*")
@@ -109,7 +108,7 @@ def generate(out_dir: str | Path, seed: int, train: int, held_out: int) -> tuple
     return paths[0], paths[1]
 
 
-def edit_task(directory: str | Path, seed: int, held_out: int, train: int = TRAIN_TASKS) -> SWETask:
+def edit_task(directory: str | Path, seed: int, held_out: int, train: int) -> SWETask:
     """The set for (seed, sizes), generated under `directory` unless that version is already there."""
     root = Path(directory).expanduser().resolve()
     version = hashlib.sha256(Path(__file__).read_bytes() + f"{seed},{train},{held_out}".encode()).hexdigest()[:12]
@@ -127,4 +126,4 @@ def edit_task(directory: str | Path, seed: int, held_out: int, train: int = TRAI
 
 @register_task("swe_edit")
 def swe_edit_task(cfg) -> SWETask:
-    return edit_task(cfg.data_dir, cfg.seed, cfg.eval_size)
+    return edit_task(cfg.data_dir, cfg.seed, cfg.eval_size, cfg.train_size)

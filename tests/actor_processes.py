@@ -27,17 +27,19 @@ def raylet_pids(nodes=None) -> list[int]:
 
 
 def actor_processes(raylets: list[int], title: str) -> list[psutil.Process]:
-    """Worker processes under `raylets` whose title is `ray::<title>` or starts with it (e.g. "Learner")."""
-    found = []
-    for raylet in raylets:
-        for p in psutil.Process(raylet).children(recursive=True):
-            try:
-                cmd = p.cmdline()
-            except psutil.Error:
-                continue
-            if cmd and cmd[0].startswith(f"ray::{title}"):
-                found.append(p)
-    return found
+    """Worker processes under `raylets` whose title is `ray::<title>` or starts with it (e.g. "Learner").
+    A process one of them forked (vLLM's engine core, until it renames itself) carries the same title
+    for a moment and is left out: it is not an actor."""
+    return [p for raylet in raylets for p in psutil.Process(raylet).children(recursive=True)
+            if _titled(p, title) and not _titled(p.parent(), title)]
+
+
+def _titled(process: psutil.Process | None, title: str) -> bool:
+    try:
+        cmd = process.cmdline() if process is not None else []
+    except psutil.Error:
+        return False
+    return bool(cmd) and cmd[0].startswith(f"ray::{title}")
 
 
 def kill_while_running(raylets: list[int], title: str, when: Callable[[], bool] = lambda: True,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,12 @@ def check_eval(cfg) -> None:
     for m in evals:
         assert 0.0 <= m["eval/pass@1"] <= m["eval/pass@2"] <= m["eval/pass@4"] <= 1.0
         assert 0.0 <= m["eval/greedy_reward"] <= 1.0 and m["eval/errors"] == 0
+    # Each evaluation's greedy responses, scored, are in eval_samples.jsonl.
+    records = [json.loads(line) for line in (Path(cfg.trainer.output_dir) / "eval_samples.jsonl").read_text().splitlines()]
+    for m in evals:
+        rows = [r["rows"] for r in records if r["step"] == m["step"]][-1]
+        assert len(rows) == cfg.task.eval_size and all(isinstance(r["response"], str) and r["prompt"] for r in rows)
+        assert statistics.fmean(r["score"] for r in rows) == pytest.approx(m["eval/greedy_reward"])
 
 
 @pytest.mark.slow

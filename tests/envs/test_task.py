@@ -64,9 +64,12 @@ def test_every_registered_task_meets_the_contract(name, tmp_path):
         from cispo.envs.swe_synthetic import generate
 
         cfg.path, cfg.flagged_tasks = str(generate(tmp_path / "tasks")), "keep"
-    if name == "swe_edit":  # few held-out tasks: each eval row renders its single-shot prompt from the repo
-        cfg.eval_size = 4
-    check_contract(make_task(cfg))
+    if name == "swe_edit":  # few tasks: each eval row renders its single-shot prompt from the repo
+        cfg.eval_size, cfg.train_size = 4, 24
+    task = make_task(cfg)
+    check_contract(task)
+    if name == "swe_edit":
+        assert (len(task), len(task.eval_rows())) == (24, 4)
 
 
 def test_a_users_task_loads_by_file_path(tmp_path):
