@@ -77,6 +77,8 @@ def _spec(rng: random.Random, module: str) -> tuple[RepoSpec, dict] | None:
 def specs(seed: int, train: int, held_out: int) -> tuple[list, list]:
     """(training, held-out) lists of (RepoSpec, reference edit); file names and faulty expressions
     are unique across both, so a held-out task is never a training task in disguise."""
+    if train < 1 or held_out < 0:
+        raise ValueError(f"task.train_size must be >= 1 and task.eval_size >= 0, got {train} and {held_out}")
     names = sum(len(_SYLLABLES) ** n for n in (2, 3))  # module names of 2 or 3 syllables
     if train + held_out > names:
         raise ValueError(f"{train} training + {held_out} held-out tasks need as many file names; "

@@ -30,6 +30,8 @@ def test_the_held_out_tasks_share_no_file_name_or_faulty_expression_with_trainin
     assert specs(seed=3, train=200, held_out=40)[1][0][0] == held_out[0][0]  # a pure function of the seed
     with pytest.raises(ValueError, match="4400 training \\+ 32 held-out tasks need as many file names; the generator has 4352"):
         specs(seed=3, train=4400, held_out=32)  # asking for more than exist is an error, not an endless draw
+    with pytest.raises(ValueError, match="task.train_size must be >= 1 and task.eval_size >= 0, got 0 and 32"):
+        specs(seed=3, train=0, held_out=32)  # not an empty training set found later
 
 
 def test_the_editor_reference_episode_is_token_exact_and_resolves(tmp_path, pool):
