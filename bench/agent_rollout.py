@@ -5,11 +5,12 @@ policy, in a fresh sandbox pool with as many slots as episodes in flight; an epi
 `cispo.envs.agent.run_episode`: a sandbox started and the repository copied in, turns
 (sampling, then the tool), the diff graded in another sandbox.
 
-The policy: the benchmark model (`bench/model_common.py`, random weights, one torch
-thread) samples every turn for real, from the whole episode so far, on one built-in
-sampler engine actor (`EngineGroup`), through the job's own `EngineTurns`: the turns
-episodes ask for while the engine is busy go out together in its next call, one call
-per distinct sampling params. The turn it hands back is a fixed trajectory, the same
+The policy: the benchmark model (`bench/model_common.py`, random weights) samples every
+turn for real, from the whole episode so far, on `--engines` built-in sampler engine
+actors (`EngineGroup`, `--threads` torch threads each; one and one by default), through
+the job's own `EngineTurns`: the turns episodes ask for while an engine is busy go out
+together in its next call, one call per distinct sampling params. Episode i samples on
+engine i mod `--engines`, as a job's episodes are spread (`rollout.num_workers`). The turn it hands back is a fixed trajectory, the same
 for every setting: look at the repository, apply the gold patch, run the tests, submit.
 A random-weight model's tokens are no tool calls; this way sampling costs what these
 turns would, and the tools, sandboxes and grading do their real work.
@@ -28,7 +29,8 @@ engine included), tools (the rest of its turns), sandbox (start and repository c
 grading, other (snapshot, the final `git diff`). Goal (issue 15): 8 in flight at least
 2x one at a time on 2 cores.
 
-    .venv/bin/python bench/agent_rollout.py [--episodes 8] [--in-flight 1 4 8] [--no-sampling]
+    .venv/bin/python bench/agent_rollout.py [--episodes 8] [--in-flight 1 4 8] [--engines 1] [--threads 1]
+                                            [--no-sampling]
 """
 
 from __future__ import annotations
@@ -64,12 +66,12 @@ TURN_BUCKET = 128  # a turn samples its length rounded up to this many tokens (s
 TIMEOUT_S = 600.0  # generate deadline of a turn, and of a weight push
 
 
-def start_engine(checkpoint_dir: str) -> EngineGroup:
-    """One built-in sampler engine actor holding the benchmark model, with one torch thread."""
+def start_engines(checkpoint_dir: str, engines: int, threads: int) -> EngineGroup:
+    """`engines` built-in sampler engine actors holding the benchmark model, `threads` torch threads each."""
     torch.manual_seed(0)
     transformers.MiniMaxForCausalLM(hf_config()).save_pretrained(checkpoint_dir)
-    spec = EngineSpec("builtin", checkpoint_dir, num_cpus=1.0, num_gpus=0.0, kwargs={"num_threads": 1})
-    return EngineGroup(spec, num_workers=1, generate_timeout_s=TIMEOUT_S, push_timeout_s=TIMEOUT_S)
+    spec = EngineSpec("builtin", checkpoint_dir, num_cpus=1.0, num_gpus=0.0, kwargs={"num_threads": threads})
+    return EngineGroup(spec, num_workers=engines, generate_timeout_s=TIMEOUT_S, push_timeout_s=TIMEOUT_S)
 
 
 class TrajectoryPolicy:
@@ -124,10 +126,12 @@ def play(task: SWEInstance, engine: EngineTurns | None, tokenizer,
     return result, time.perf_counter() - start, policy.seconds
 
 
-def run_setting(in_flight: int, tasks: list[SWEInstance], engine: EngineTurns | None, tokenizer) -> Setting:
+def run_setting(in_flight: int, tasks: list[SWEInstance], engines: list[EngineTurns], tokenizer) -> Setting:
+    """Episode i samples on engines[i mod len(engines)] (none: turns handed back at once)."""
+    engine_of = [engines[i % len(engines)] if engines else None for i in range(len(tasks))]
     with SandboxPool(max_concurrency=in_flight) as pool, ThreadPoolExecutor(in_flight) as threads:
         start = time.perf_counter()
-        episodes = list(threads.map(lambda t: play(t, engine, tokenizer, pool), tasks))
+        episodes = list(threads.map(lambda t, e: play(t, e, tokenizer, pool), tasks, engine_of))
         wall = time.perf_counter() - start
     statuses = {r.status for r, _, _ in episodes}
     if statuses != {"resolved"}:
@@ -139,22 +143,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--episodes", type=int, default=8, help="episodes per setting (the tasks cycled)")
     parser.add_argument("--in-flight", type=int, nargs="+", default=[1, 4, 8], help="settings to compare")
+    parser.add_argument("--engines", type=int, default=1, help="built-in sampler engine actors (one CPU each)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per engine")
     parser.add_argument("--no-sampling", action="store_true", help="turns handed back at once: the environment alone")
     args = parser.parse_args()
     build_base_image(if_missing=True)
     with tempfile.TemporaryDirectory() as d:
         synthetic = load_instances(generate(d))
         tasks = [synthetic[i % len(synthetic)] for i in range(args.episodes)]
-        tokenizer, engine = SWETask.build_tokenizer(), None
+        tokenizer, turns = SWETask.build_tokenizer(), []
         if not args.no_sampling:
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-            engines = start_engine(f"{d}/policy")
-            engine = EngineTurns(engines, 0, TIMEOUT_S, threading.Event())
-        settings = [run_setting(n, tasks, engine, tokenizer) for n in args.in_flight]
-        if engine is not None:
+            ray.init(num_cpus=max(2, args.engines), include_dashboard=False, log_to_driver=False)
+            engines = start_engines(f"{d}/policy", args.engines, args.threads)
+            turns = [EngineTurns(engines, i, TIMEOUT_S, threading.Event()) for i in range(args.engines)]
+        settings = [run_setting(n, tasks, turns, tokenizer) for n in args.in_flight]
+        if turns:
             engines.shutdown()
     base = settings[0]
-    policy = "no sampling" if args.no_sampling else "sampled on one engine, turns batched"
+    policy = ("no sampling" if args.no_sampling else
+              f"sampled on {args.engines} engine(s) of {args.threads} thread(s), turns batched")
     print(f"{args.episodes} episodes per setting, {policy}; shares of the episodes' summed time")
     print(f"{'in flight':>9} {'episodes/s':>10} {'vs ' + str(base.in_flight):>6} {'episode s':>9} "
           + " ".join(f"{p:>8}" for p in PARTS))

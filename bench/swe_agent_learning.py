@@ -25,8 +25,9 @@ from pathlib import Path
 RESOLVED = "eval/greedy_reward"  # an episode's reward is 1 when the task's tests pass, else 0
 
 
-def run(seed: int, out: Path, overrides: list[str]) -> tuple[float, float, float]:
-    """(resolve rate after SFT, after RL, wall seconds) of one seed's run."""
+def run(seed: int, out: Path, overrides: list[str]) -> tuple[dict[int, float], float]:
+    """One seed's run: its held-out resolve rate at each evaluation ({step: rate}; step 0 is after
+    SFT alone, the last after RL), and its wall seconds."""
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "cispo.cli", "+experiment=swe_agent", f"trainer.seed={seed}",
                     f"model.init_seed={seed}", f"trainer.output_dir={out}", "logger.progress_bar=false", *overrides],
@@ -36,7 +37,7 @@ def run(seed: int, out: Path, overrides: list[str]) -> tuple[float, float, float
     if len(evals) < 2 or evals[0]["step"] != 0:
         raise RuntimeError(f"{out}/metrics.jsonl: expected an evaluation at step 0 and one at the end, got "
                            f"steps {[m['step'] for m in evals]}")
-    return evals[0][RESOLVED], evals[-1][RESOLVED], seconds
+    return {m["step"]: m[RESOLVED] for m in evals}, seconds
 
 
 def main() -> None:
@@ -47,9 +48,11 @@ def main() -> None:
     args, overrides = parser.parse_known_args()
     rows = []
     for seed in args.seeds:
-        sft, rl, seconds = run(seed, args.out / f"seed{seed}", overrides)
+        rates, seconds = run(seed, args.out / f"seed{seed}", overrides)
+        sft, rl = rates[0], rates[max(rates)]
         rows.append((seed, sft, rl, seconds))
-        print(f"seed {seed}: resolve rate after SFT {sft:.3f}, after RL {rl:.3f} (+{rl - sft:.3f}), "
+        steps = ", ".join(f"step {step} {rate:.3f}" for step, rate in rates.items())
+        print(f"seed {seed}: resolve rate after SFT {sft:.3f}, after RL {rl:.3f} ({rl - sft:+.3f}; {steps}), "
               f"{seconds / 60:.1f} min", flush=True)
     gain = statistics.fmean(rl - sft for _, sft, rl, _ in rows)
     print(f"\n| seed | after SFT | after RL | RL adds | minutes |\n|---|---|---|---|---|")
