@@ -7,10 +7,11 @@ policy, in a fresh sandbox pool with as many slots as episodes in flight; an epi
 
 The policy: the benchmark model (`bench/model_common.py`, random weights) samples every
 turn for real, from the whole episode so far, on `--engines` built-in sampler engine
-actors (`EngineGroup`, `--threads` torch threads each; one and one by default), through
-the job's own `EngineTurns`: the turns episodes ask for while an engine is busy go out
-together in its next call, one call per distinct sampling params. Episode i samples on
-engine i mod `--engines`, as a job's episodes are spread (`rollout.num_workers`). The turn it hands back is a fixed trajectory, the same
+actors (`EngineGroup`, `--threads` torch threads each; one engine of one thread by
+default), through the job's own `EngineTurns`: the turns episodes ask for while an engine
+is busy go out together in its next call, one call per distinct sampling params. Episode
+i samples on engine i mod `--engines`, as a job spreads its episodes over
+`rollout.num_workers` engines. The turn it hands back is a fixed trajectory, the same
 for every setting: look at the repository, apply the gold patch, run the tests, submit.
 A random-weight model's tokens are no tool calls; this way sampling costs what these
 turns would, and the tools, sandboxes and grading do their real work.
@@ -147,6 +148,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per engine")
     parser.add_argument("--no-sampling", action="store_true", help="turns handed back at once: the environment alone")
     args = parser.parse_args()
+    if args.engines < 1 or args.threads < 1:
+        parser.error(f"--engines and --threads must be >= 1, got {args.engines} and {args.threads}")
     build_base_image(if_missing=True)
     with tempfile.TemporaryDirectory() as d:
         synthetic = load_instances(generate(d))
