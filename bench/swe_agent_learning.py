@@ -29,9 +29,11 @@ def run(seed: int, out: Path, overrides: list[str]) -> tuple[dict[int, float], f
     """One seed's run: its held-out resolve rate at each evaluation ({step: rate}; step 0 is after
     SFT alone, the last after RL), and its wall seconds."""
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "cispo.cli", "+experiment=swe_agent", f"trainer.seed={seed}",
-                    f"model.init_seed={seed}", f"trainer.output_dir={out}", "logger.progress_bar=false", *overrides],
-                   check=True)
+    job = subprocess.run([sys.executable, "-m", "cispo.cli", "+experiment=swe_agent", f"trainer.seed={seed}",
+                          f"model.init_seed={seed}", f"trainer.output_dir={out}", "logger.progress_bar=false",
+                          *overrides])
+    if job.returncode:  # the job has said why above
+        raise SystemExit(f"seed {seed}: the job failed (exit status {job.returncode}); its log: {out}/cli.log")
     seconds = time.perf_counter() - started
     evals = [m for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if RESOLVED in m]
     if len(evals) < 2 or evals[0]["step"] != 0:
