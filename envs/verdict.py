@@ -22,6 +22,7 @@ from __future__ import annotations
 import ast
 import json
 import secrets
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,10 @@ _HERE = Path(__file__).parent
 CONTROLLER = (_HERE / "grading_controller.py").read_text()
 PLUGIN = (_HERE / "verdict_plugin.py").read_bytes()
 _MARKER = "<<cispo-verdict {}>> "
+# Episodes are graded in threads, and CPython 3.11's AST constructor keeps its recursion depth in
+# state shared by all threads: two literal_evals interleaved (a thread switch inside one) raise a
+# spurious "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905).
+_AST_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -83,7 +88,8 @@ def read_verdict(output: str, secret: str, test_ids: list[str] | None) -> Verdic
     if at < 0:
         return Verdict(None, "", all_failed, error="the test run ended without a verdict (its controller was killed)")
     try:
-        verdict = ast.literal_eval(output[at + len(marker) :].split("\n", 1)[0])
+        with _AST_LOCK:
+            verdict = ast.literal_eval(output[at + len(marker) :].split("\n", 1)[0])
         prep = verdict["prepare"]
         prepared = dict(prepare_code=int(prep["exit_code"]), prepare_output=str(prep["output"]))
         if prepared["prepare_code"] != 0:

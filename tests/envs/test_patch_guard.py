@@ -1,6 +1,9 @@
 """Reading patches before anything runs, and verdicts after: pure functions, no daemon."""
 
+import gc
 import json
+import sys
+import threading
 
 import pytest
 
@@ -155,6 +158,46 @@ def test_verdict_that_does_not_hold_together_fails_every_test(records, exit_code
 def test_verdict_needs_the_runs_secret():
     got = read_verdict(_verdict(RECORDS, 1, secret="another"), "s3cret", IDS)
     assert got.prepare_code is None and "without a verdict" in got.error and set(got.tests.values()) == {"failed"}
+
+
+class _CycleWithFinalizer:
+    """Garbage only the cyclic collector frees, running Python code when it does."""
+
+    def __init__(self):
+        self.me = self
+
+    def __del__(self):
+        sum(range(200))
+
+
+def test_verdicts_read_in_concurrent_threads():
+    """Episodes are graded in threads. A collection inside one thread's literal_eval runs the
+    finalizers, and a thread switch there let CPython 3.11 raise a spurious SystemError in the
+    other's (it killed a job at step 27); switching threads as often as possible forces it."""
+    output, results, errors = _verdict(RECORDS, 1), [], []
+
+    def read_many():
+        try:
+            for _ in range(500):
+                garbage = [_CycleWithFinalizer() for _ in range(5)]  # noqa: F841 - collected mid-parse
+                results.append(read_verdict(output, "s3cret", IDS).tests)
+        except Exception as e:  # noqa: BLE001 - the failure under test
+            errors.append(repr(e))
+
+    threshold, interval = gc.get_threshold(), sys.getswitchinterval()
+    gc.set_threshold(50)
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=read_many) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        gc.set_threshold(*threshold)
+        sys.setswitchinterval(interval)
+    assert errors == []
+    assert len(results) == 8 * 500 and all(tests == results[0] for tests in results)
 
 
 def test_fenced_blocks_last_one_wins():
