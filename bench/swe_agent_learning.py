@@ -5,7 +5,7 @@ policy's random init and the sampler's seed; the tasks are the same for every se
 into its own output directory, and reads each run's metrics.jsonl: the
 step-0 evaluation is the policy after SFT alone, the last one the policy after RL. Both are
 greedy episodes on the same held-out tasks (other file names, other expressions), graded by
-their tests in Docker sandboxes. Goal (issue 15): RL adds at least 0.2, within 30 minutes a run.
+their tests in Docker sandboxes. Goal (issue 15): RL adds at least 0.2 within 30 minutes of RL.
 
     .venv/bin/python bench/swe_agent_learning.py [--seeds 0,1,2] [--out outputs/swe_agent_learning] [OVERRIDES...]
 
