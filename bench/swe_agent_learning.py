@@ -42,9 +42,16 @@ def run(seed: int, out: Path, overrides: list[str]) -> tuple[dict[int, float], f
     return {m["step"]: m[RESOLVED] for m in evals}, seconds
 
 
+def seed_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas (0,1,2), got {text!r}") from None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=lambda text: [int(x) for x in text.split(",")], default=[0, 1, 2],
+    parser.add_argument("--seeds", type=seed_list, default=[0, 1, 2],
                         help="comma-separated, e.g. 0,1,2")
     parser.add_argument("--out", type=Path, default=Path("outputs/swe_agent_learning"))
     args, overrides = parser.parse_known_args()
