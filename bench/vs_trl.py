@@ -19,6 +19,8 @@ stream in order):
                     a different model, listed for reference)
   dense_colocated   as dense_vllm with rollout.colocate=true (vLLM inside the learner rank)
   hybrid_colocated  as hybrid_builtin with rollout.colocate=true (the built-in sampler inside the learner rank)
+  dense_builtin     as dense_vllm on the built-in sampler (`cispo.model.dense`) instead of vLLM
+  dense_builtin_colocated  as dense_builtin with rollout.colocate=true
 samples/s on every side: samples of the steps after --warmup-steps over those steps' wall time, loop
 to loop (generation, scoring, update, weight push, logging; start-up, warm-up SFT and the final
 evaluation excluded).
@@ -69,6 +71,9 @@ VARIANTS = {
     "hybrid_builtin": {"policy": "minimax_tiny", "overrides": []},
     "dense_colocated": {"policy": "qwen2_tiny", "overrides": ["model=qwen2_tiny", "rollout=vllm", "rollout.colocate=true"]},
     "hybrid_colocated": {"policy": "minimax_tiny", "overrides": ["rollout.colocate=true"]},
+    "dense_builtin": {"policy": "qwen2_tiny", "overrides": ["model=qwen2_tiny", "rollout=builtin"]},
+    "dense_builtin_colocated": {"policy": "qwen2_tiny",
+                                "overrides": ["model=qwen2_tiny", "rollout=builtin", "rollout.colocate=true"]},
 }
 PROMPTS_PER_STEP, GROUP_SIZE, LR = 8, 8, 2e-4
 SFT_STEPS, SFT_BATCH, SFT_LR = 40, 64, 1e-3

@@ -41,7 +41,8 @@ class PolicyConfig:
 
 @dataclass
 class RolloutConfig:
-    # "vllm" (vLLM workers; the hybrid model through our plugin) or "builtin" (the hybrid model's own sampler).
+    # "vllm" (vLLM workers; the hybrid model through our plugin) or "builtin" (our own sampler: the hybrid
+    # model, or a dense Qwen2 / Llama checkpoint).
     engine: str = "vllm"
     # Rollout actors; each holds one engine.
     num_workers: int = 1
@@ -404,9 +405,6 @@ def validate(cfg: Config) -> Config:
             check_servable(m.path, r.engine)
         except PolicyError as e:
             raise ConfigError(str(e)) from e
-    else:
-        _check(not (m.arch == "qwen2" and r.engine == "builtin"), "rollout.engine",
-               "the built-in sampler runs the hybrid model only; use rollout=vllm with model.arch=qwen2")
     _check(r.num_workers >= 1, "rollout.num_workers", "must be >= 1")
     if r.colocate:
         _check(r.num_workers == 1, "rollout.num_workers", f"is {r.num_workers}, but rollout.colocate=true puts one "

@@ -86,8 +86,16 @@ def check_servable(directory: str | Path, engine: str) -> None:
     if config.get("model_type") == HYBRID_MODEL_TYPE:
         return  # the built-in sampler runs it, and vLLM through our plugin (cispo.model.vllm_plugin)
     if engine == "builtin":
-        raise PolicyError(f"model.path: {directory} is {archs or config.get('model_type')}; the built-in sampler "
-                          "runs the hybrid model only: use rollout=vllm")
+        from cispo.model.dense import DenseConfig, UnsupportedCheckpoint
+
+        try:
+            DenseConfig.from_hf(config)
+        except UnsupportedCheckpoint as e:
+            raise PolicyError(f"model.path: {directory} is {archs or config.get('model_type')}: {e}") from e
+        except KeyError as e:
+            raise PolicyError(f"model.path: {directory}/config.json has no {e.args[0]!r}, which the built-in "
+                              "sampler needs") from e
+        return
     from vllm import ModelRegistry
 
     supported = set(ModelRegistry.get_supported_archs())

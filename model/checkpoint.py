@@ -25,7 +25,7 @@ _EXPERT = re.compile(r"^(model\.layers\.\d+)\.(?:block_sparse_moe|mlp)\.experts\
 _DECAY_BUFFERS = ("slope_rate", "query_decay", "key_decay", "diagonal_decay")
 
 
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     index = path / "model.safetensors.index.json"
     if index.exists():
         files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
@@ -121,7 +121,7 @@ def from_pretrained(path: str | Path, dtype: torch.dtype = torch.float32) -> Lig
     path = Path(path)
     config = ModelConfig.from_json(path / "config.json")
     model = LightningMoELM(config)
-    load_weights(model, _read_tensors(path))
+    load_weights(model, read_tensors(path))
     return model.to(dtype)
 
 

@@ -147,6 +147,12 @@ class LightningMoELM(nn.Module):
 
         save_pretrained(self, path)
 
+    def state_from_hf(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Checkpoint names (per-expert or stacked) -> this module's state_dict names."""
+        from cispo.model.checkpoint import hf_to_ours  # checkpoint.py imports this module, so import late
+
+        return hf_to_ours(tensors, self.config)
+
     def gradient_checkpointing_enable(self) -> None:
         """Recompute each decoder layer in backward instead of keeping its activations."""
         self.model.gradient_checkpointing = True

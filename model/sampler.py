@@ -1,4 +1,5 @@
-"""The model's own batched sampler (vLLM 0.32 no longer has this architecture).
+"""The built-in batched sampler: the hybrid model's own (vLLM 0.32 no longer has this
+architecture), and a lighter engine than vLLM's for small dense models (`dense.py`).
 
 Continuous batching over a fixed number of cache slots: every prompt (repeated n
 times) waits in a queue; free slots take the next prompts in one packed prefill, all
@@ -22,7 +23,8 @@ Routing: every completion carries the experts each MoE layer sent each token to
 (`Completion.routed_experts`, one byte per id), for the prompt (prefill) and every response
 token but the last (which is never fed back): exactly the tokens a learner forward routes
 and whose outputs reach a trained log-prob, so routing replay (R3) covers all of them.
-Samples of one prompt share its prefill routing. Models with over 256 experts record nothing.
+Samples of one prompt share its prefill routing. Dense models and models with over 256
+experts record nothing.
 Satisfies `cispo.rollout.engine.RolloutEngine`.
 """
 
@@ -37,7 +39,7 @@ import numpy as np
 import torch
 
 from cispo.model.cache import DecodeCache
-from cispo.model.checkpoint import hf_to_ours
+from cispo.model.dense import DenseLM
 from cispo.model.modeling import LightningMoELM
 from cispo.model.sampling import choose_tokens
 from cispo.types import Completion, FinishReason, RoutedExperts, SamplingParams
@@ -54,14 +56,15 @@ class _Running:
 
 
 class Sampler:
-    def __init__(self, model: LightningMoELM, max_batch: int = 32, seed: int = 0):
+    def __init__(self, model: LightningMoELM | DenseLM, max_batch: int = 32, seed: int = 0):
         """`max_batch`: cache slots, i.e. sequences decoded together."""
         self.model = model.eval()
         self.max_batch = max_batch
         self.seed = seed
         self._calls = 0
         self._version = 0
-        self.records_routing = model.config.num_local_experts <= 256  # ids are stored one byte each
+        experts = model.config.num_local_experts  # 0: a dense model, nothing routed
+        self.records_routing = 0 < experts <= 256  # ids are stored one byte each
 
     # --- the RolloutEngine Protocol -------------------------------------------------------
 
@@ -71,7 +74,7 @@ class Sampler:
     @torch.no_grad()
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
         """Copy new weights in place (our / transformers' names, stacked or per-expert) and set the version."""
-        incoming = hf_to_ours(dict(named_tensors), self.model.config)
+        incoming = self.model.state_from_hf(dict(named_tensors))
         params = dict(self.model.named_parameters(remove_duplicate=False))  # tied head: both names
         unknown = sorted(set(incoming) - set(params))
         if unknown:
@@ -143,7 +146,7 @@ class Sampler:
             out[prompt_idx].append(done[r])
         return out
 
-    def _as_bytes(self, experts: torch.Tensor) -> np.ndarray:
+    def _as_bytes(self, experts: torch.Tensor | None) -> np.ndarray:
         """(T, layers, k) expert ids as uint8 on the host (an empty array when not recording)."""
         if not self.records_routing:
             return np.empty((0,), np.uint8)

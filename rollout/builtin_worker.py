@@ -1,8 +1,9 @@
 """The built-in sampler as a rollout worker (the body of a Ray actor).
 
 The controller makes the actor: `ray.remote(num_cpus=...)(BuiltinSamplerWorker)`.
-It loads a checkpoint directory in transformers' MiniMax format with our model and
-forwards the `RolloutEngine` calls to `cispo.model.Sampler`.
+It loads a checkpoint directory, our hybrid model (transformers' MiniMax format) or a
+dense Qwen2 / Llama one (`cispo.model.dense`), and forwards the `RolloutEngine` calls to
+`cispo.model.Sampler`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from typing import Iterable
 import torch
 
 from cispo.model import Sampler, from_pretrained
+from cispo.model.dense import DenseLM
+from cispo.policy import is_hybrid
 from cispo.types import Completion, SamplingParams
 
 
@@ -24,7 +27,7 @@ class BuiltinSamplerWorker:
         if num_threads is not None:
             torch.set_num_threads(num_threads)
         torch.manual_seed(seed)
-        model = from_pretrained(checkpoint_dir)
+        model = from_pretrained(checkpoint_dir) if is_hybrid(checkpoint_dir) else DenseLM.from_pretrained(checkpoint_dir)
         if torch.cuda.is_available():  # Ray made the actor's GPU (num_gpus_per_worker) the visible one
             model = model.cuda()
         self.sampler = Sampler(model, max_batch=max_batch, seed=seed)

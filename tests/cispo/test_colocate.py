@@ -35,7 +35,8 @@ def test_colocate_runs_the_synchronous_driver_only():
         validate(cfg)
 
 
-@pytest.mark.parametrize("engine, arch, zero_stage", [("vllm", "qwen2", 2), ("builtin", "minimax", 3)])
+@pytest.mark.parametrize("engine, arch, zero_stage", [("vllm", "qwen2", 2), ("builtin", "minimax", 3),
+                                                     ("builtin", "qwen2", 2)])
 def test_in_process_update_gives_the_engine_the_learners_logprobs(ray_session, tmp_path, engine, arch, zero_stage):
     """After the learner moved away from the starting weights, the in-memory update makes each rank's
     engine sample with the learner's probabilities, token for token."""

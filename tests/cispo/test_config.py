@@ -22,8 +22,7 @@ CISPO_TRAIN = Path(sys.executable).parent / "cispo-train"
 # (experiment/) are added with `+group=option`.
 ADDED_GROUPS = {"experiment"}
 # Options that are only valid together with another choice (the rule validate applies).
-COMPANIONS = {("model", "qwen2_tiny"): ["rollout=vllm"],  # the built-in sampler runs the hybrid model only
-              ("task", "swe"): ["task.path=tasks.jsonl"]}  # a user's own file: the option names none
+COMPANIONS = {("task", "swe"): ["task.path=tasks.jsonl"]}  # a user's own file: the option names none
 
 
 def group_options() -> list[tuple[str, str]]:
@@ -91,7 +90,6 @@ def test_help_shows_each_key_under_its_comment_for_the_composed_config():
     ("algo.eps_high_is=abc", "algo.eps_high_is"),  # wrong type
     ("algo.nope=1", "algo.nope"),  # unknown key
     ("model.num_heads=8", "head_dim"),  # a rule across fields, checked by validate
-    ("model=qwen2_tiny", "rollout=vllm"),  # the dense policy without its engine
     ("+trainer.stepz=5", "trainer.stepz: no such key"),  # Hydra's own hint, '+', must not lose the typo
     ("algo.loss=foo", "algo.loss: unknown policy loss 'foo'; known: cispo"),
     ("reward.fn=/nonexistent/r.py:fn", "reward.fn='/nonexistent/r.py:fn': no file"),
