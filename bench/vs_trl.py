@@ -25,7 +25,9 @@ samples/s on every side: samples of the steps after --warmup-steps over those st
 to loop (generation, scoring, update, weight push, logging; start-up, warm-up SFT and the final
 evaluation excluded).
 Reward at equal samples: the mean over all steps and over the last 5 steps, the same sample count on
-every side. The ratio is ours / TRL for the same cap. On a shared 2-core machine the rates are noisy.
+every side. The ratios are ours / TRL for the same cap, in samples/s and in response tokens/s (the sides'
+policies drift apart over the steps, so at 64 tokens their mean lengths differ). On a shared 2-core
+machine the rates are noisy.
 
     .venv/bin/python bench/vs_trl.py [--steps 20] [--lengths 6,64] [--variants dense_vllm,hybrid_builtin,dense_colocated]
 """
@@ -233,20 +235,25 @@ def main() -> None:
     print(f"\n{args.steps} steps x {PROMPTS_PER_STEP * GROUP_SIZE} samples on every side ({samples} samples); "
           f"samples/s over steps {args.warmup_steps + 1}..{args.steps} (steps' wall time; start-up, warm-up SFT and "
           f"final eval excluded); noisy on a shared 2-core machine")
-    print(f"{'tokens':>6} {'side':<16} {'samples/s':>9} {'vs trl':>7} {'resp_len':>8} {'reward':>7} {'rew@last5':>9}")
+    print(f"{'tokens':>6} {'side':<24} {'samples/s':>9} {'vs trl':>7} {'resp_len':>8} {'tokens/s':>8} {'vs trl':>7} "
+          f"{'reward':>7} {'rew@last5':>9}")
     table = []
     for length, sides in runs.items():
         trl_rate = sides["trl"]["samples_per_s"]
+        trl_tokens = trl_rate * sides["trl"]["response_len_mean"]
         for side, r in sides.items():
             if "error" in r:
-                print(f"{length:>6} {side:<16} failed: {r['error'][:80]}")
+                print(f"{length:>6} {side:<24} failed: {r['error'][:80]}")
                 table.append({"tokens": length, "side": side, "error": r["error"]})
                 continue
-            ratio = r["samples_per_s"] / trl_rate
-            print(f"{length:>6} {side:<16} {r['samples_per_s']:>9.1f} {ratio:>6.2f}x {r['response_len_mean']:>8.1f} "
-                  f"{r['reward_mean']:>7.3f} {r['reward_last5']:>9.3f}")
+            # Sides may sample different lengths from the same cap (their policies drift apart over the
+            # steps): response tokens per second is the rate at equal work.
+            ratio, tokens = r["samples_per_s"] / trl_rate, r["samples_per_s"] * r["response_len_mean"]
+            print(f"{length:>6} {side:<24} {r['samples_per_s']:>9.1f} {ratio:>6.2f}x {r['response_len_mean']:>8.1f} "
+                  f"{tokens:>8.0f} {tokens / trl_tokens:>6.2f}x {r['reward_mean']:>7.3f} {r['reward_last5']:>9.3f}")
             table.append({"tokens": length, "side": side, "samples_per_s": round(r["samples_per_s"], 2),
                           "ratio_vs_trl": round(ratio, 3), "response_len_mean": round(r["response_len_mean"], 2),
+                          "response_tokens_per_s": round(tokens, 1), "token_ratio_vs_trl": round(tokens / trl_tokens, 3),
                           "reward_mean": round(r["reward_mean"], 4), "reward_last5": round(r["reward_last5"], 4)})
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / "vs_trl.json"
