@@ -21,6 +21,7 @@ stream in order):
   hybrid_colocated  as hybrid_builtin with rollout.colocate=true (the built-in sampler inside the learner rank)
   dense_builtin     as dense_vllm on the built-in sampler (`cispo.model.dense`) instead of vLLM
   dense_builtin_colocated  as dense_builtin with rollout.colocate=true
+  dense_builtin_async  as dense_builtin with trainer.max_staleness=1 (generation overlaps the learner step)
 samples/s on every side: samples of the steps after --warmup-steps over those steps' wall time, loop
 to loop (generation, scoring, update, weight push, logging; start-up, warm-up SFT and the final
 evaluation excluded).
@@ -76,6 +77,8 @@ VARIANTS = {
     "dense_builtin": {"policy": "qwen2_tiny", "overrides": ["model=qwen2_tiny", "rollout=builtin"]},
     "dense_builtin_colocated": {"policy": "qwen2_tiny",
                                 "overrides": ["model=qwen2_tiny", "rollout=builtin", "rollout.colocate=true"]},
+    "dense_builtin_async": {"policy": "qwen2_tiny",
+                            "overrides": ["model=qwen2_tiny", "rollout=builtin", "trainer.max_staleness=1"]},
 }
 PROMPTS_PER_STEP, GROUP_SIZE, LR = 8, 8, 2e-4
 SFT_STEPS, SFT_BATCH, SFT_LR = 40, 64, 1e-3

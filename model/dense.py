@@ -13,7 +13,7 @@ Layer (pre-norm, as in transformers):
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -51,10 +51,11 @@ class DenseConfig:
     o_bias: bool
     mlp_bias: bool
     num_local_experts: int = 0  # no routing to record
-    layer_types: list[str] = field(default_factory=list)  # DecodeCache: every layer keeps K/V
 
-    def __post_init__(self):
-        self.layer_types = ["full_attention"] * self.num_hidden_layers
+    @property
+    def layer_types(self) -> list[str]:
+        """Every layer keeps K/V in the decoding cache."""
+        return ["full_attention"] * self.num_hidden_layers
 
     @property
     def rotary_dim(self) -> int:
@@ -165,7 +166,7 @@ class DenseLM(nn.Module):
     def prefill(self, tokens: torch.Tensor, cu_seqlens: torch.Tensor, cache: DecodeCache,
                 slots: torch.Tensor) -> tuple[torch.Tensor, None]:
         """Packed prompts (T,) into their cache slots (D,): next-token logits (D, vocab), and no routing."""
-        layout = PackedLayout.from_cu_seqlens(cu_seqlens, cache.max_len)
+        layout = PackedLayout.from_cu_seqlens(cu_seqlens, block_size=cache.max_len)  # blocks: lightning layers only
         if layout.max_len > cache.max_len:
             raise ValueError(f"prompt of {layout.max_len} tokens does not fit the cache ({cache.max_len})")
         hidden = self.model(tokens, ForwardContext(positions=layout.positions, layout=layout, cache=cache,

@@ -136,9 +136,10 @@ class Sampler:
             slots = sorted(running)
             last = torch.tensor([running[s].tokens[-1] for s in slots], device=device)
             logits, experts = self.model.decode(last, cache, torch.tensor(slots, device=device))
-            experts = self._as_bytes(experts)  # (N, layers, k)
-            for i, slot in enumerate(slots):
-                running[slot].routing.append(experts[i:i + 1])
+            if self.records_routing:
+                experts = self._as_bytes(experts)  # (N, layers, k)
+                for i, slot in enumerate(slots):
+                    running[slot].routing.append(experts[i:i + 1])
             advance(slots, logits)
 
         out: list[list[Completion]] = [[] for _ in prompts]

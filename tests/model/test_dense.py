@@ -96,6 +96,7 @@ def test_update_weights_takes_the_learners_names(tmp_path):
 ])
 def test_checkpoints_it_cannot_run_are_refused_before_any_actor_starts(tmp_path, change, key):
     _checkpoint(tmp_path, CONFIGS["qwen2-tied"])
+    check_servable(tmp_path, "builtin")  # as saved, it runs
     config = json.loads((tmp_path / "config.json").read_text())
     with pytest.raises(UnsupportedCheckpoint, match=key):
         DenseConfig.from_hf({**config, **change})
