@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from cispo.types import Sample
@@ -64,21 +65,26 @@ def make_batch(samples: list[Sample], pad_id: int, replay_routing: bool = False)
     `replay_routing`: the learner computes with the sampler's recorded experts (algo.routing_replay)."""
     length = max(len(s.prompt_ids) + len(s.response_ids) for s in samples)
     b = len(samples)
-    input_ids = torch.full((b, length), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((b, length), dtype=torch.long)
-    old_logp = torch.zeros((b, length - 1), dtype=torch.float32)
-    loss_mask = torch.zeros((b, length - 1), dtype=torch.float32)
+    # Filled in numpy (a row is one slice assignment from a list), then handed to torch without a copy:
+    # a step's per-sample tensors cost more than the rest of the batch's making.
+    input_ids = np.full((b, length), pad_id, dtype=np.int64)
+    attention_mask = np.zeros((b, length), dtype=np.int64)
+    old_logp = np.zeros((b, length - 1), dtype=np.float32)
+    loss_mask = np.zeros((b, length - 1), dtype=np.float32)
     for i, s in enumerate(samples):
         p, r = len(s.prompt_ids), len(s.response_ids)
-        input_ids[i, : p + r] = torch.tensor(s.prompt_ids + s.response_ids)
-        attention_mask[i, : p + r] = 1
+        input_ids[i, :p] = s.prompt_ids
+        input_ids[i, p:p + r] = s.response_ids
+        attention_mask[i, :p + r] = 1
         # Response token j sits at position p+j and is predicted from position p+j-1.
-        old_logp[i, p - 1 : p - 1 + r] = torch.tensor(s.behaviour_logprobs, dtype=torch.float32)
+        old_logp[i, p - 1:p - 1 + r] = s.behaviour_logprobs
         if s.trainable:
-            loss_mask[i, p - 1 : p - 1 + r] = torch.tensor(s.loss_mask, dtype=torch.float32)
+            loss_mask[i, p - 1:p - 1 + r] = s.loss_mask
+    old_logp_t = torch.from_numpy(old_logp)
     advantages = torch.tensor([s.advantage for s in samples], dtype=torch.float32)
-    return TrainBatch(input_ids, attention_mask, old_logp, loss_mask, advantages, sampler_logp=old_logp.clone(),
-                      token_weights=torch.ones_like(old_logp), **_routing(samples, length),
+    return TrainBatch(torch.from_numpy(input_ids), torch.from_numpy(attention_mask), old_logp_t,
+                      torch.from_numpy(loss_mask), advantages, sampler_logp=old_logp_t.clone(),
+                      token_weights=torch.ones_like(old_logp_t), **_routing(samples, length),
                       replay_routing=replay_routing)
 
 
