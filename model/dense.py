@@ -153,7 +153,9 @@ class DenseLM(nn.Module):
         return model.float()
 
     def state_from_hf(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Checkpoint (or learner) names are ours already; a tied head may come under either name."""
+        """Checkpoint (or learner) names are ours already; a tied head may come under either name, and
+        checkpoints saved by older transformers carry RoPE's inv_freq, a function of the config."""
+        tensors = {k: v for k, v in tensors.items() if not k.endswith(".rotary_emb.inv_freq")}
         if self.config.tie_word_embeddings and "lm_head.weight" not in tensors and "model.embed_tokens.weight" in tensors:
             return {**tensors, "lm_head.weight": tensors["model.embed_tokens.weight"]}
         return tensors

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
 from cispo.model import Sampler
@@ -69,6 +70,18 @@ def test_sampler_on_a_dense_checkpoint_reports_the_learners_logprobs(tmp_path):
                 logits = hf(torch.tensor([prompt + c.token_ids])).logits[0, len(prompt) - 1:-1]
             ref = (logits / 0.8).log_softmax(-1).gather(-1, torch.tensor(c.token_ids)[:, None]).squeeze(-1)
             torch.testing.assert_close(torch.tensor(c.logprobs), ref, atol=1e-4, rtol=1e-4)
+
+
+def test_a_checkpoint_with_older_transformers_rope_buffers_loads(tmp_path):
+    hf = _checkpoint(tmp_path, CONFIGS["llama-biases"])
+    tensors = load_file(tmp_path / "model.safetensors")
+    tensors["model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(16)
+    save_file(tensors, tmp_path / "model.safetensors")
+    ours = DenseLM.from_pretrained(tmp_path)
+    cache, prompt = ours.new_cache(1, 8), torch.tensor([3, 1, 4, 1, 5])
+    logits, _ = ours.prefill(prompt, torch.tensor([0, 5]), cache, torch.tensor([0]))
+    with torch.no_grad():
+        torch.testing.assert_close(logits[0], hf(prompt[None]).logits[0, -1], atol=1e-5, rtol=1e-5)
 
 
 def test_update_weights_takes_the_learners_names(tmp_path):
