@@ -10,6 +10,7 @@ Imports nothing of ours but `cispo.types`. Checkpoints are transformers' MiniMax
     out = model(flat_ids, cu_seqlens=cu, routing=SamplerRouting(...))  # routing replay (cispo.model.moe)
     model.save_pretrained(path)                       # transformers.MiniMaxForCausalLM loads it
     sampler = Sampler(model, max_batch=32)            # a RolloutEngine: generate / update_weights / policy_version
+    sampler = Sampler(DenseLM.from_pretrained(path))  # a dense Qwen2 / Llama checkpoint (cispo.model.dense)
 """
 
 from cispo.model.checkpoint import from_pretrained, save_pretrained
