@@ -13,6 +13,7 @@ the next prompt without reallocating (continuous batching).
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import NamedTuple
 
 import torch
@@ -44,6 +45,49 @@ class DecodeCache:
             for rows in table.values():
                 rows[dst] = rows[src]
         self.lengths[dst] = self.lengths[src]
+
+
+class SlotDecoding:
+    """The sampler's calls on a model (`cispo.model.Sampler`): a cache, packed prompts into their slots,
+    one token for each of some slots. The model gives `config`, `lm_head` and `_decoder(tokens, ctx)`:
+    final hidden states (T, hidden) and the experts each token was routed to (T, layers, k), or None
+    for a dense model."""
+
+    @abstractmethod
+    def _decoder(self, tokens: torch.Tensor, ctx: "ForwardContext") -> tuple[torch.Tensor, torch.Tensor | None]:
+        ...
+
+    def new_cache(self, num_slots: int, max_len: int) -> DecodeCache:
+        p = self.lm_head.weight
+        return DecodeCache(self.config, num_slots, max_len, dtype=p.dtype, device=p.device)
+
+    @torch.inference_mode()
+    def prefill(self, tokens: torch.Tensor, cu_seqlens: torch.Tensor, cache: DecodeCache,
+                slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Run packed prompts (T,) and store each one's state in its cache slot (D,).
+
+        Returns the next-token logits (D, vocab) at each prompt's last token and the experts
+        every token was routed to (T, layers, k; None for a dense model).
+        """
+        layout = PackedLayout.from_cu_seqlens(cu_seqlens, self.config.lightning_chunk_size)
+        if layout.max_len > cache.max_len:
+            raise ValueError(f"prompt of {layout.max_len} tokens does not fit the cache ({cache.max_len})")
+        ctx = ForwardContext(positions=layout.positions, layout=layout, cache=cache, slots=as_rows(slots))
+        hidden, experts = self._decoder(tokens, ctx)
+        cache.lengths[slots] = layout.lengths
+        return self.lm_head(hidden[layout.last_token_index()]), experts
+
+    @torch.inference_mode()
+    def decode(self, tokens: torch.Tensor, cache: DecodeCache,
+               slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One new token (N,) for each of `slots` (N,): advance their states; return logits (N, vocab) and
+        the experts each token was routed to (N, layers, k; None for a dense model)."""
+        positions = cache.lengths[slots]
+        if int(positions.max()) >= cache.max_len:
+            raise ValueError(f"a slot is full: the cache holds {cache.max_len} tokens")
+        hidden, experts = self._decoder(tokens, ForwardContext(positions=positions, cache=cache, slots=as_rows(slots)))
+        cache.lengths[slots] = positions + 1
+        return self.lm_head(hidden), experts
 
 
 def as_rows(slots: torch.Tensor) -> torch.Tensor | slice:

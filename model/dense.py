@@ -21,9 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cispo.model.attention import RMSNorm, SoftmaxAttention, rope_cos_sin
-from cispo.model.cache import DecodeCache, ForwardContext, as_rows
+from cispo.model.cache import ForwardContext, SlotDecoding
 from cispo.model.checkpoint import read_tensors
-from cispo.model.packing import PackedLayout
 
 DENSE_MODEL_TYPES = ("qwen2", "llama")
 
@@ -56,6 +55,11 @@ class DenseConfig:
     def layer_types(self) -> list[str]:
         """Every layer keeps K/V in the decoding cache."""
         return ["full_attention"] * self.num_hidden_layers
+
+    @property
+    def lightning_chunk_size(self) -> int:
+        """No lightning layers: the packed layout's blocks go unused, so one block holds any prompt."""
+        return self.max_position_embeddings
 
     @property
     def rotary_dim(self) -> int:
@@ -134,8 +138,8 @@ class DenseBackbone(nn.Module):
         return self.norm(x)
 
 
-class DenseLM(nn.Module):
-    """A dense checkpoint for the sampler: `new_cache`, `prefill`, `decode`, as `LightningMoELM` has them."""
+class DenseLM(SlotDecoding, nn.Module):
+    """A dense checkpoint for the sampler (`SlotDecoding`'s calls, as `LightningMoELM` has them)."""
 
     def __init__(self, config: DenseConfig):
         super().__init__()
@@ -160,28 +164,5 @@ class DenseLM(nn.Module):
             return {**tensors, "lm_head.weight": tensors["model.embed_tokens.weight"]}
         return tensors
 
-    def new_cache(self, num_slots: int, max_len: int) -> DecodeCache:
-        p = self.lm_head.weight
-        return DecodeCache(self.config, num_slots, max_len, dtype=p.dtype, device=p.device)
-
-    @torch.inference_mode()
-    def prefill(self, tokens: torch.Tensor, cu_seqlens: torch.Tensor, cache: DecodeCache,
-                slots: torch.Tensor) -> tuple[torch.Tensor, None]:
-        """Packed prompts (T,) into their cache slots (D,): next-token logits (D, vocab), and no routing."""
-        layout = PackedLayout.from_cu_seqlens(cu_seqlens, block_size=cache.max_len)  # blocks: lightning layers only
-        if layout.max_len > cache.max_len:
-            raise ValueError(f"prompt of {layout.max_len} tokens does not fit the cache ({cache.max_len})")
-        hidden = self.model(tokens, ForwardContext(positions=layout.positions, layout=layout, cache=cache,
-                                                   slots=as_rows(slots)))
-        cache.lengths[slots] = layout.lengths
-        return self.lm_head(hidden[layout.last_token_index()]), None
-
-    @torch.inference_mode()
-    def decode(self, tokens: torch.Tensor, cache: DecodeCache, slots: torch.Tensor) -> tuple[torch.Tensor, None]:
-        """One new token (N,) for each of `slots` (N,): logits (N, vocab), and no routing."""
-        positions = cache.lengths[slots]
-        if int(positions.max()) >= cache.max_len:
-            raise ValueError(f"a slot is full: the cache holds {cache.max_len} tokens")
-        hidden = self.model(tokens, ForwardContext(positions=positions, cache=cache, slots=as_rows(slots)))
-        cache.lengths[slots] = positions + 1
-        return self.lm_head(hidden), None
+    def _decoder(self, tokens: torch.Tensor, ctx: ForwardContext) -> tuple[torch.Tensor, None]:
+        return self.model(tokens, ctx), None  # nothing routed

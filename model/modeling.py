@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from cispo.model.attention import LightningAttention, RMSNorm, SoftmaxAttention, rope_cos_sin
-from cispo.model.cache import DecodeCache, ForwardContext, as_rows
+from cispo.model.cache import ForwardContext, SlotDecoding
 from cispo.model.config import ModelConfig
 from cispo.model.moe import (Experts, RouterStats, SamplerRouting, SparseMoeBlock, TopKRouter, load_balancing_loss,
                              routing_metrics)
@@ -116,7 +116,7 @@ class LMHead(nn.Linear):
         return F.linear(h, self.weight)
 
 
-class LightningMoELM(nn.Module):
+class LightningMoELM(SlotDecoding, nn.Module):
     """The policy. `model(input_ids)` or `model(flat_ids, cu_seqlens=...)` -> `LMOutput`."""
 
     def __init__(self, config: ModelConfig):
@@ -191,41 +191,8 @@ class LightningMoELM(nn.Module):
             agreeing_tokens=torch.stack([s.agreeing_tokens for s in stats]),
         )
 
-    # --- decoding (the sampler's two calls) ---------------------------------------------
+    # --- decoding (the sampler's calls: `SlotDecoding`) ----------------------------------
 
-    def new_cache(self, num_slots: int, max_len: int) -> DecodeCache:
-        p = self.lm_head.weight
-        return DecodeCache(self.config, num_slots, max_len, dtype=p.dtype, device=p.device)
-
-    @torch.inference_mode()
-    def prefill(self, tokens: torch.Tensor, cu_seqlens: torch.Tensor, cache: DecodeCache,
-                slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run packed prompts (T,) and store each one's state in its cache slot (D,).
-
-        Returns the next-token logits (D, vocab) at each prompt's last token and the experts
-        every token was routed to (T, layers, k).
-        """
-        layout = PackedLayout.from_cu_seqlens(cu_seqlens, self.config.lightning_chunk_size)
-        if layout.max_len > cache.max_len:
-            raise ValueError(f"prompt of {layout.max_len} tokens does not fit the cache ({cache.max_len})")
-        ctx = ForwardContext(positions=layout.positions, layout=layout, cache=cache, slots=as_rows(slots))
+    def _decoder(self, tokens: torch.Tensor, ctx: ForwardContext) -> tuple[torch.Tensor, torch.Tensor]:
         hidden, stats = self.model(tokens, ctx)
-        cache.lengths[slots] = layout.lengths
-        return self.lm_head(hidden[layout.last_token_index()]), _experts(stats)
-
-    @torch.inference_mode()
-    def decode(self, tokens: torch.Tensor, cache: DecodeCache,
-               slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One new token (N,) for each of `slots` (N,): advance their states; return logits (N, vocab) and
-        the experts each token was routed to (N, layers, k)."""
-        positions = cache.lengths[slots]
-        if int(positions.max()) >= cache.max_len:
-            raise ValueError(f"a slot is full: the cache holds {cache.max_len} tokens")
-        hidden, stats = self.model(tokens, ForwardContext(positions=positions, cache=cache, slots=as_rows(slots)))
-        cache.lengths[slots] = positions + 1
-        return self.lm_head(hidden), _experts(stats)
-
-
-def _experts(stats: list[RouterStats]) -> torch.Tensor:
-    """Each layer's (T, k) experts as one (T, layers, k) tensor."""
-    return torch.stack([s.experts for s in stats], dim=1)
+        return hidden, torch.stack([s.experts for s in stats], dim=1)  # (T, layers, k)
