@@ -67,6 +67,7 @@ class Learner:
         self.model, self.optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, config=_ds_config(learner_cfg, use_gpu))
         self.engine, self.engine_sleeps, self._engine_asleep = None, False, False  # see host_engine
+        self._grad_norm = 0.0  # the last update's, before clipping (`_optimizer_micro_step`)
 
     # ------------------------------------------------------------------ log-probs
 
@@ -132,7 +133,7 @@ class Learner:
                 if self.packed:  # MoE load balancing, averaged over the update's micro-batches
                     loss = loss + self.aux_loss_coef * self._aux_loss / n
                 self.model.backward(loss, scale_wrt_gas=False)
-                self.model.step()
+                self._optimizer_micro_step()
                 with torch.no_grad():
                     tokens = float(mb.loss_mask.sum())
                     metrics["entropy"] = float((entropy_from_logits(logits) * mb.loss_mask).sum()) / max(tokens, 1.0)
@@ -147,8 +148,19 @@ class Learner:
                     # Summed over micro-batches and ranks this is exactly the mini-batch's loss; the mean over updates.
                     _add(sums, {"loss": float(loss) / self.world_size / len(shards)})
             sums["is_sums"].append(is_sums.tolist())
-            _add(sums, {"grad_norm": float(self.model.get_global_grad_norm() or 0.0) / len(shards)})
+            _add(sums, {"grad_norm": self._grad_norm / len(shards)})
         return sums
+
+    def _optimizer_micro_step(self) -> None:
+        """DeepSpeed's step (the optimizer's at an accumulation boundary), keeping the update's gradient
+        norm before clipping in `_grad_norm`: ZeRO keeps it, but without ZeRO DeepSpeed clips in plain
+        torch and drops it, so it is measured here (on gradients already averaged over the ranks)."""
+        if self.cfg.zero_stage == 0 and self.model.is_gradient_accumulation_boundary():
+            grads = [p.grad for p in self.model.module.parameters() if p.grad is not None]
+            self._grad_norm = float(torch.nn.utils.get_total_norm(grads))
+        self.model.step()
+        if self.cfg.zero_stage > 0 and self.model.is_gradient_accumulation_boundary():
+            self._grad_norm = float(self.model.get_global_grad_norm() or 0.0)
 
     def sft_step(self, shard: TrainBatch, n_micro: int, normalizer: float, lr: float) -> dict[str, float]:
         """One supervised step: mean NLL of the reference response tokens."""

@@ -116,3 +116,18 @@ def test_idle_cores_are_split_between_the_ranks_of_a_node(ray_session, policy_di
             assert group.use_idle_cores() == [max(1, cores // world_size)] * world_size
         finally:
             group.shutdown()
+
+
+@pytest.mark.slow
+def test_zero_0_takes_zero_2s_step_and_reports_its_gradient_norm(ray_session, policy_dir):
+    """Without ZeRO, DeepSpeed clips in plain torch and keeps no norm: the learner measures it itself."""
+    cfg = Config()
+    cfg.learner.lr, cfg.learner.eps, cfg.learner.grad_clip = 1e-2, 1e-6, 0.5  # the norm here is ~6: clipped
+    batch = make_batch(random_samples(8, vocab=15, seed=3), pad_id=0)
+    cfg.learner.zero_stage = 2
+    zero2, m2 = step_weights(cfg, policy_dir, batch)
+    cfg.learner.zero_stage = 0
+    zero0, m0 = step_weights(cfg, policy_dir, batch)
+    assert m0["grad_norm"] == pytest.approx(m2["grad_norm"], rel=1e-4) and m2["grad_norm"] > 0.5
+    for name in zero2:
+        torch.testing.assert_close(zero0[name], zero2[name], rtol=1e-4, atol=5e-5, msg=name)
