@@ -112,6 +112,10 @@ class LearnerConfig:
     grad_clip: float = 1.0
     # Samples per forward/backward on one rank; a step accumulates over the rank's whole shard.
     micro_batch_size: int = 64
+    # Dense (padded) models: sort a shard's rows by length and cut micro-batches where lengths jump, each
+    # trimmed to its own longest row (verl's dynamic batch size), when that saves a tenth of the computed
+    # tokens. The hybrid model trains on packed rows and computes no padding either way.
+    micro_batches_by_length: bool = True
     gradient_checkpointing: bool = False
     # Optimizer updates per RL step: the step's samples are shuffled (seeded by trainer.seed and the step,
     # so resume is exact) into this many mini-batches, one update each. 1 = one update on the whole batch;

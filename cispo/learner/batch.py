@@ -50,6 +50,17 @@ class TrainBatch:
         fields = [getattr(self, f.name) for f in dataclasses.fields(self)]
         return TrainBatch(*(v[index] if isinstance(v, torch.Tensor) else v for v in fields))
 
+    def trimmed(self) -> "TrainBatch":
+        """These rows without the padding columns that all of them have (a micro-batch of short rows)."""
+        length = int(self.attention_mask.sum(-1).max())
+        if length == self.input_ids.shape[1]:
+            return self
+        by_input = {"input_ids", "attention_mask", "routed_experts", "routing_recorded"}  # (B, L); the rest (B, L-1)
+        return dataclasses.replace(self, **{
+            f.name: getattr(self, f.name)[:, :length if f.name in by_input else length - 1]
+            for f in dataclasses.fields(self)
+            if isinstance(getattr(self, f.name), torch.Tensor) and getattr(self, f.name).ndim >= 2})
+
     def with_old_logp(self, old_logp: torch.Tensor) -> "TrainBatch":
         """This batch with the loss's pi_old replaced by `old_logp` (B, L-1) on trained tokens (0 elsewhere)."""
         return dataclasses.replace(self, old_logp=torch.where(self.loss_mask > 0, old_logp, torch.zeros_like(old_logp)))

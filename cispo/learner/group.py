@@ -17,9 +17,11 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from cispo.learner.batch import TrainBatch
+from cispo.learner.micro import plan_micro_batches
 from cispo.config import Config
 from cispo.learner.rank import Learner, merge_rank_metrics
 from cispo.algo.losses import LossSpec, loss_normalizer
+from cispo.policy import is_hybrid
 from cispo.rollout.engines import EngineSpec
 
 
@@ -43,6 +45,7 @@ class LearnerGroup:
         lc = cfg.learner
         self.world_size, self.loss = lc.world_size, loss
         self.micro_batch_size, self.call_timeout_s = lc.micro_batch_size, lc.call_timeout_s
+        self.micro_batches_by_length = lc.micro_batches_by_length and not is_hybrid(model_dir)  # hybrid: packed
         bundle = {"CPU": lc.num_cpus_per_rank, **({"GPU": lc.num_gpus_per_rank} if lc.num_gpus_per_rank else {}),
                   **lc.resources}
         self.pg = placement_group([bundle] * lc.world_size, strategy="PACK")
@@ -68,14 +71,18 @@ class LearnerGroup:
             for rank in range(lc.world_size)
         ]
 
-    def _shards(self, batch: TrainBatch) -> tuple[list[TrainBatch], int]:
-        """One shard per rank, and the micro-batch count every rank uses (DeepSpeed needs it equal):
-        at most micro_batch_size rows each, unless the smallest shard has fewer rows than that count
-        (a forward of no rows would fail), then one row each there and larger micro-batches elsewhere."""
+    def _shards(self, batch: TrainBatch) -> tuple[list[TrainBatch], list[list[torch.Tensor]]]:
+        """One shard per rank, and each shard's micro-batches as row indices (`plan_micro_batches`), as
+        many on every rank (DeepSpeed needs it equal): at most micro_batch_size rows each, unless the
+        smallest shard has fewer rows than that count (a forward of no rows would fail), then one row
+        each there and larger micro-batches elsewhere; more where cutting by length saves padding."""
         if len(batch) < self.world_size:
             raise ValueError(f"a batch of {len(batch)} samples cannot feed learner.world_size={self.world_size} ranks")
         n_micro = math.ceil(math.ceil(len(batch) / self.world_size) / self.micro_batch_size)
-        return batch.chunks(self.world_size), min(n_micro, len(batch) // self.world_size)
+        shards = batch.chunks(self.world_size)
+        plans = plan_micro_batches([s.attention_mask.sum(-1) for s in shards], min(n_micro, len(shards[-1])),
+                                   self.micro_batch_size, self.micro_batches_by_length)
+        return shards, plans
 
     def train_step(self, batch: TrainBatch, mini_batches: list[torch.Tensor] | None = None) -> dict:
         """The step's optimizer updates, split over the ranks: one per mini-batch (row indices of
@@ -84,27 +91,29 @@ class LearnerGroup:
         trained tokens or sequences), so it is that mini-batch's loss whatever the world size."""
         parts = [batch] if mini_batches is None else [batch.rows(rows) for rows in mini_batches]
         per_rank: list[list[TrainBatch]] = [[] for _ in self.ranks]
-        n_micro, normalizers = [], []
+        per_rank_plans: list[list[list[torch.Tensor]]] = [[] for _ in self.ranks]
+        normalizers = []
         for part in parts:
-            shards, n = self._shards(part)
+            shards, plans = self._shards(part)
             for mine, shard in zip(per_rank, shards):
                 mine.append(shard)
-            n_micro.append(n)
+            for mine, plan in zip(per_rank_plans, plans):
+                mine.append(plan)
             normalizers.append(max(loss_normalizer(part.loss_mask, self.loss.params.loss_agg), 1.0))
-        results = self._get([r.train_step.remote(shards, n_micro, normalizers)
-                             for r, shards in zip(self.ranks, per_rank)], "train_step")
+        results = self._get([r.train_step.remote(shards, plans, normalizers)
+                             for r, shards, plans in zip(self.ranks, per_rank, per_rank_plans)], "train_step")
         return merge_rank_metrics(results)
 
     def sft_step(self, batch: TrainBatch, lr: float) -> dict[str, float]:
         normalizer = max(float(batch.loss_mask.sum()), 1.0)
-        shards, n_micro = self._shards(batch)
-        results = self._get([r.sft_step.remote(s, n_micro, normalizer, lr) for r, s in zip(self.ranks, shards)],
+        shards, plans = self._shards(batch)
+        results = self._get([r.sft_step.remote(s, p, normalizer, lr) for r, s, p in zip(self.ranks, shards, plans)],
                             "sft_step")
         return {"sft_loss": sum(m["sft_loss"] for m in results)}
 
     def logprobs(self, batch: TrainBatch) -> torch.Tensor:
-        shards, n_micro = self._shards(batch)
-        return torch.cat(self._get([r.logprobs.remote(s, n_micro) for r, s in zip(self.ranks, shards)], "logprobs"))
+        shards, plans = self._shards(batch)
+        return torch.cat(self._get([r.logprobs.remote(s, p) for r, s, p in zip(self.ranks, shards, plans)], "logprobs"))
 
     def weights_ref(self) -> ray.ObjectRef:
         """The full weights, put once in the object store for every engine to fetch."""

@@ -99,19 +99,20 @@ class Learner:
 
     # ------------------------------------------------------------------ training
 
-    def _micro_batches(self, shard: TrainBatch, n: int) -> Iterator[TrainBatch]:
-        """`shard` in `n` micro-batches, the optimizer stepping after the last. The boundary is set
+    def _micro_batches(self, shard: TrainBatch, plan: list[torch.Tensor]) -> Iterator[TrainBatch]:
+        """`shard`'s rows in the micro-batches `plan` (row indices, `cispo.learner.micro`), each without
+        the padding all its rows have; the optimizer steps after the last. The boundary is set
         explicitly: DeepSpeed otherwise finds it from a micro-step count kept across calls, which a
-        change of `n` (mini-batches of unequal sizes, the warm-up then RL) puts out of step, so an
+        change of count (mini-batches of unequal sizes, the warm-up then RL) puts out of step, so an
         update would take part of the next one's gradient."""
-        self.model.set_train_batch_size(n * self.world_size)
-        for i, mb in enumerate(shard.chunks(n)):
-            self.model.set_gradient_accumulation_boundary(i == n - 1)
-            yield mb
+        self.model.set_train_batch_size(len(plan) * self.world_size)
+        for i, rows in enumerate(plan):
+            self.model.set_gradient_accumulation_boundary(i == len(plan) - 1)
+            yield shard.rows(rows).trimmed()
 
-    def train_step(self, shards: list[TrainBatch], n_micro: list[int], normalizers: list[float]) -> dict:
+    def train_step(self, shards: list[TrainBatch], plans: list[list[torch.Tensor]], normalizers: list[float]) -> dict:
         """One optimizer update per shard, in order: shard u is this rank's part of the step's mini-batch u,
-        `normalizers[u]` that whole mini-batch's count (the loss's rule) and `n_micro[u]` its micro-batches.
+        `normalizers[u]` that whole mini-batch's count (the loss's rule) and `plans[u]` its micro-batches.
 
         Returns token-weighted sums (`*_sum`, with `tokens`) over every update so the group can merge ranks
         exactly; the sufficient statistics of sampler-vs-learner token probabilities of the first update
@@ -121,9 +122,9 @@ class Learner:
         self._engine_to_sleep()
         self.model.train()
         sums: dict = {"is_sums": []}
-        for u, (shard, n, normalizer) in enumerate(zip(shards, n_micro, normalizers)):
+        for u, (shard, plan, normalizer) in enumerate(zip(shards, plans, normalizers)):
             is_sums = torch.zeros(4, dtype=torch.float64)
-            for mb in self._micro_batches(shard, n):
+            for mb in self._micro_batches(shard, plan):
                 logits = self._logits(mb)
                 logp = self._target_logp(logits, mb)
                 # DeepSpeed averages gradients over ranks: dividing by normalizer / world_size makes
@@ -131,7 +132,7 @@ class Learner:
                 loss, metrics = self.loss(logp, mb.old_logp, mb.advantages, mb.loss_mask,
                                           normalizer=normalizer / self.world_size, token_weights=mb.token_weights)
                 if self.packed:  # MoE load balancing, averaged over the update's micro-batches
-                    loss = loss + self.aux_loss_coef * self._aux_loss / n
+                    loss = loss + self.aux_loss_coef * self._aux_loss / len(plan)
                 self.model.backward(loss, scale_wrt_gas=False)
                 self._optimizer_micro_step()
                 with torch.no_grad():
@@ -162,14 +163,14 @@ class Learner:
         if self.cfg.zero_stage > 0 and self.model.is_gradient_accumulation_boundary():
             self._grad_norm = float(self.model.get_global_grad_norm() or 0.0)
 
-    def sft_step(self, shard: TrainBatch, n_micro: int, normalizer: float, lr: float) -> dict[str, float]:
+    def sft_step(self, shard: TrainBatch, plan: list[torch.Tensor], normalizer: float, lr: float) -> dict[str, float]:
         """One supervised step: mean NLL of the reference response tokens."""
         self._engine_to_sleep()
         self.model.train()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         total = 0.0
-        for mb in self._micro_batches(shard, n_micro):
+        for mb in self._micro_batches(shard, plan):
             logp = self._target_logp(self._logits(mb), mb)
             loss = -(logp * mb.loss_mask).sum() / (normalizer / self.world_size)
             self.model.backward(loss, scale_wrt_gas=False)
@@ -180,11 +181,17 @@ class Learner:
         return {"sft_loss": total / self.world_size}
 
     @torch.no_grad()
-    def logprobs(self, shard: TrainBatch, n_micro: int) -> torch.Tensor:
-        """(B, L-1) log-probs of the target tokens under the current weights."""
+    def logprobs(self, shard: TrainBatch, plan: list[torch.Tensor]) -> torch.Tensor:
+        """(B, L-1) log-probs of the target tokens under the current weights, computed in the micro-batches
+        `plan` (row indices); 0 past the longest row of each."""
         self._engine_to_sleep()
         self.model.eval()
-        return torch.cat([self._target_logp(self._logits(mb), mb) for mb in shard.chunks(n_micro) if len(mb)])
+        out = torch.zeros(shard.old_logp.shape)
+        for rows in plan:
+            mb = shard.rows(rows).trimmed()
+            logp = self._target_logp(self._logits(mb), mb)
+            out[rows, :logp.shape[1]] = logp
+        return out
 
     # ------------------------------------------------------------------ weights and checkpoints
 

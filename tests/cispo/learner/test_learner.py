@@ -73,8 +73,10 @@ def test_one_and_two_ranks_take_the_same_step(ray_session, policy_dir, zero_stag
     two, m2 = step_weights(cfg, policy_dir, batch, plan)
 
     assert one.keys() == two.keys()
+    # Each rank cuts its shard by length (its own summation order): Adam turns the rounding of a gradient
+    # element near eps into a step off by up to ~0.2% of lr (2e-5 measured on one o_proj element).
     for name in one:
-        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=5e-5, msg=name)
     assert m1["loss"] == pytest.approx(m2["loss"], rel=1e-4)
     assert m1["tokens"] == m2["tokens"] == float(batch.loss_mask.sum())
     assert m1["grad_norm"] == pytest.approx(m2["grad_norm"], rel=1e-4)
@@ -116,6 +118,41 @@ def test_idle_cores_are_split_between_the_ranks_of_a_node(ray_session, policy_di
             assert group.use_idle_cores() == [max(1, cores // world_size)] * world_size
         finally:
             group.shutdown()
+
+
+@pytest.mark.slow
+def test_micro_batches_cut_by_length_take_the_same_step_on_a_dense_model(ray_session, tmp_path):
+    """Responses that stop at once beside responses that run long: cut by length, the dense learner
+    computes two trimmed micro-batches instead of one padded one, and takes the same step."""
+    cfg = Config()
+    cfg.model.arch = "qwen2"
+    cfg.learner.lr, cfg.learner.eps = 1e-2, 1e-6  # as above: a wrong step shows clearly
+    policy = str(create_policy(cfg.model, AdditionTask.build_tokenizer(), tmp_path / "policy"))
+    samples = random_samples(12, vocab=15, seed=2)
+    for i, s in enumerate(samples[::2]):  # every other sample runs to 30 tokens
+        s.response_ids, s.loss_mask = [3 + (i + j) % 12 for j in range(30)], [1] * 30
+        s.behaviour_logprobs = [-2.0 - 0.01 * j for j in range(30)]
+    batch = make_batch(samples, pad_id=0)
+    real = batch.attention_mask[:, 1:].bool()
+
+    results = {}
+    for by_length in (False, True):
+        cfg.learner.micro_batches_by_length = by_length
+        group = LearnerGroup(cfg, policy, resolve_loss(cfg.algo, cfg.rollout.max_new_tokens))
+        try:
+            _, [plan] = group._shards(batch)
+            logp = group.logprobs(batch)
+            metrics = group.train_step(batch)
+            results[by_length] = len(plan), logp, dict(ray.get(group.weights_ref())), metrics
+        finally:
+            group.shutdown()
+    (n_off, logp_off, off, m_off), (n_on, logp_on, on, m_on) = results[False], results[True]
+    assert (n_off, n_on) == (1, 2)
+    torch.testing.assert_close(logp_on[real], logp_off[real], rtol=1e-5, atol=1e-5)
+    for name in off:
+        torch.testing.assert_close(on[name], off[name], rtol=1e-4, atol=1e-5, msg=name)
+    assert m_on["loss"] == pytest.approx(m_off["loss"], rel=1e-4)
+    assert m_on["tokens"] == m_off["tokens"] == float(batch.loss_mask.sum())
 
 
 @pytest.mark.slow
