@@ -70,7 +70,11 @@ def failure(error: BaseException) -> str:
 
     where = ""
     if isinstance(error, ray.exceptions.RayTaskError):
-        where = f" (raised in {error.function_name}, process {error.pid})"
+        # ray.get raises it as a subclass of the cause's type that keeps only the cause and the message,
+        # whose first line names the task: "ray::Learner.train_step() (pid=123, ip=...)".
+        task = re.search(r"ray::([\w.]+)\(\) \(pid=(\d+)", ANSI.sub("", str(error)))
+        if task:
+            where = f" (raised in {task[1]}, process {task[2]})"
         error = error.cause
     text = ANSI.sub("", str(error)).strip()
     if isinstance(error, ray.exceptions.RayActorError):

@@ -13,6 +13,8 @@ import pytest
 
 from interrupts import sigint_default
 
+from cispo.cli import failure
+
 CISPO_TRAIN = Path(sys.executable).parent / "cispo-train"
 USER_REWARDS = Path(__file__).parents[1] / "reward" / "user_rewards.py"
 QUICK = ["trainer.sft_steps=0", "trainer.save_every=1", "logger.progress_bar=false", "task.eval_size=4"]
@@ -34,6 +36,27 @@ def test_a_failed_job_says_the_cause_in_one_paragraph_and_keeps_the_traceback_in
     assert "\x1b[" not in res.stderr  # no colour codes
     assert "Traceback (most recent call last)" in (out / "cli.log").read_text()
     assert "Token authentication is enabled" not in res.stderr  # a local run keeps token auth, quietly
+
+
+def test_an_actors_error_is_told_by_its_cause_and_the_call_it_came_from(ray_session):
+    import ray
+
+    class Worker:  # defined here, so Ray ships it by value (the workers cannot import this test module)
+        def pid(self) -> int:
+            import os
+
+            return os.getpid()
+
+        def step(self, plan):
+            return plan % 2  # a list where an int was expected: a TypeError inside the actor
+
+    worker = ray.remote(Worker).remote()
+    with pytest.raises(ray.exceptions.RayTaskError) as caught:
+        ray.get(worker.step.remote([1, 2]))
+    assert isinstance(caught.value, TypeError)  # ray.get raises it as its cause's type too
+    pid = ray.get(worker.pid.remote())
+    assert failure(caught.value) == (f"TypeError (raised in Worker.step, process {pid}): "
+                                     "unsupported operand type(s) for %: 'list' and 'int'")
 
 
 @pytest.mark.slow
