@@ -6,6 +6,7 @@ job's supervisor (`cispo.supervise`) then restarts the job from its last checkpo
 
 from __future__ import annotations
 
+import functools
 import math
 import socket
 import time
@@ -45,7 +46,7 @@ class LearnerGroup:
         lc = cfg.learner
         self.world_size, self.loss = lc.world_size, loss
         self.micro_batch_size, self.call_timeout_s = lc.micro_batch_size, lc.call_timeout_s
-        self.micro_batches_by_length = lc.micro_batches_by_length and not is_hybrid(model_dir)  # hybrid: packed
+        self.model_dir, self._by_length_asked = model_dir, lc.micro_batches_by_length
         bundle = {"CPU": lc.num_cpus_per_rank, **({"GPU": lc.num_gpus_per_rank} if lc.num_gpus_per_rank else {}),
                   **lc.resources}
         self.pg = placement_group([bundle] * lc.world_size, strategy="PACK")
@@ -70,6 +71,12 @@ class LearnerGroup:
             ).remote(lc, loss, model_dir, rank, lc.world_size, addr, port, cfg.rollout.temperature)
             for rank in range(lc.world_size)
         ]
+
+    @functools.cached_property
+    def micro_batches_by_length(self) -> bool:
+        """Cut micro-batches by length: asked, and the model is padded (the hybrid trains packed). Read at
+        the first step, so a group is placed (or refused a placement) before its checkpoint is read."""
+        return self._by_length_asked and not is_hybrid(self.model_dir)
 
     def _shards(self, batch: TrainBatch) -> tuple[list[TrainBatch], list[list[torch.Tensor]]]:
         """One shard per rank, and each shard's micro-batches as row indices (`plan_micro_batches`), as
