@@ -52,14 +52,14 @@ class TrainBatch:
 
     def trimmed(self) -> "TrainBatch":
         """These rows without the padding columns that all of them have (a micro-batch of short rows)."""
+        width = self.input_ids.shape[1]
         length = int(self.attention_mask.sum(-1).max())
-        if length == self.input_ids.shape[1]:
+        if length == width:
             return self
-        by_input = {"input_ids", "attention_mask", "routed_experts", "routing_recorded"}  # (B, L); the rest (B, L-1)
+        # Per-input fields are (B, L, ...), per-target ones (B, L-1): each loses the same padding columns.
         return dataclasses.replace(self, **{
-            f.name: getattr(self, f.name)[:, :length if f.name in by_input else length - 1]
-            for f in dataclasses.fields(self)
-            if isinstance(getattr(self, f.name), torch.Tensor) and getattr(self, f.name).ndim >= 2})
+            f.name: v[:, :length - (width - v.shape[1])] for f in dataclasses.fields(self)
+            if isinstance(v := getattr(self, f.name), torch.Tensor) and v.ndim >= 2})
 
     def with_old_logp(self, old_logp: torch.Tensor) -> "TrainBatch":
         """This batch with the loss's pi_old replaced by `old_logp` (B, L-1) on trained tokens (0 elsewhere)."""

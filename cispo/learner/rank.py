@@ -156,11 +156,12 @@ class Learner:
         """DeepSpeed's step (the optimizer's at an accumulation boundary), keeping the update's gradient
         norm before clipping in `_grad_norm`: ZeRO keeps it, but without ZeRO DeepSpeed clips in plain
         torch and drops it, so it is measured here (on gradients already averaged over the ranks)."""
-        if self.cfg.zero_stage == 0 and self.model.is_gradient_accumulation_boundary():
+        boundary = self.model.is_gradient_accumulation_boundary()
+        if boundary and self.cfg.zero_stage == 0:
             grads = [p.grad for p in self.model.module.parameters() if p.grad is not None]
             self._grad_norm = float(torch.nn.utils.get_total_norm(grads))
         self.model.step()
-        if self.cfg.zero_stage > 0 and self.model.is_gradient_accumulation_boundary():
+        if boundary and self.cfg.zero_stage > 0:
             self._grad_norm = float(self.model.get_global_grad_norm() or 0.0)
 
     def sft_step(self, shard: TrainBatch, plan: list[torch.Tensor], normalizer: float, lr: float) -> dict[str, float]:
