@@ -300,6 +300,9 @@ class TrainerConfig:
     sft_steps: int = 100
     sft_batch_size: int = 64
     sft_lr: float = 1e-3
+    # Save a checkpoint (step 0) after the warm-up: a job that dies during RL resumes from it without
+    # warming up again, and its hf/ can start other RL runs (model.path=... trainer.sft_steps=0).
+    save_warm_up: bool = False
     # Evaluate greedy accuracy on the held-out split every N steps, and at step 0 (after the warm-up,
     # before any RL step); 0 = only at the end.
     eval_every: int = 0

@@ -262,9 +262,10 @@ class Job:
         return end - start
 
     def warm_up(self) -> None:
-        """Supervised warm-up on the task's reference answers, then the engines get the weights; with
-        trainer.eval_every > 0 the held-out split is then evaluated at step 0, before any RL step.
-        A resumed job was warmed up before; trainer.sft_steps=0 turns it off."""
+        """Supervised warm-up on the task's reference answers, then the engines get the weights (and with
+        trainer.save_warm_up, a checkpoint at step 0); with trainer.eval_every > 0 the held-out split is
+        then evaluated at step 0, before any RL step. A resumed job was warmed up before;
+        trainer.sft_steps=0 turns it off."""
         tc = self.cfg.trainer
         if self.resumed:
             return
@@ -277,6 +278,8 @@ class Job:
                 losses.append(self.learner.sft_step(batch, tc.sft_lr)["sft_loss"])
             self.push_weights(0)
             self.tracker.log_static({"sft/loss_first": losses[0], "sft/loss_last": losses[-1]})
+            if tc.save_warm_up:
+                self.save()
         if tc.eval_every:
             self.tracker.log(0, self.evaluate(), advance=False)
 

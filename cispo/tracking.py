@@ -40,9 +40,10 @@ class Tracker:
                                   config=asdict(cfg), resume="allow", id=_run_id(out),
                                   settings=wandb.Settings(console="off", silent=True))
         # The same metrics as JSON lines, for scripts and tests that read a run without W&B. A resumed
-        # job trains the steps after its checkpoint again: their earlier lines go, so each step is there once.
+        # job (the only one to find this file: a fresh job clears it) trains the steps after its
+        # checkpoint again, step 0's included: their earlier lines go, so each step is there once.
         path = Path(cfg.trainer.output_dir) / "metrics.jsonl"
-        if start_step > 0 and path.exists():
+        if path.exists():
             kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= start_step]
             path.write_text("".join(line + "\n" for line in kept))
         self.metrics_file = open(path, "a")

@@ -92,6 +92,27 @@ def test_resume_continues_step_optimizer_and_data_position(ray_session, job_conf
 
 
 @pytest.mark.slow
+def test_a_job_that_dies_in_rl_resumes_from_its_warm_up_checkpoint(ray_session, job_config, tmp_path):
+    """trainer.save_warm_up: a checkpoint at step 0. A job whose later checkpoints are gone (it died in
+    RL before the next save) resumes from it at step 1 and does not warm up again."""
+    import shutil
+
+    cfg = job_config(trainer__steps=1, trainer__sft_steps=3, trainer__save_warm_up=True)
+    assert train(cfg)["optimizer_steps"] == 3 + 1
+    checkpoints = Path(cfg.trainer.output_dir) / "checkpoints"
+    assert json.loads((checkpoints / "step_000000" / "trainer_state.json").read_text())["step"] == 0
+    warmed = AutoModelForCausalLM.from_pretrained(checkpoints / "step_000000" / "hf")
+    initial = AutoModelForCausalLM.from_pretrained(Path(cfg.trainer.output_dir) / "init")
+    assert not torch.equal(warmed.lm_head.weight, initial.lm_head.weight)  # it holds the warmed-up policy
+    shutil.rmtree(checkpoints / "step_000001")
+
+    cfg.trainer.steps, cfg.trainer.resume = 2, True
+    assert train(cfg)["optimizer_steps"] == 3 + 2  # the warm-up's 3 steps, once
+    steps = [m["step"] for m in read_metrics(cfg.trainer.output_dir) if "reward/mean" in m]
+    assert steps == [1, 2]  # the first run's step 1 went with its checkpoint
+
+
+@pytest.mark.slow
 def test_hybrid_model_job_trains_with_builtin_sampler(ray_session, job_config):
     """The lightning-attention MoE in the DeepSpeed learner (packed streams) and its own sampler."""
     from transformers import MiniMaxForCausalLM
