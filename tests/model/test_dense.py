@@ -86,17 +86,22 @@ def test_a_checkpoint_with_older_transformers_rope_buffers_loads(tmp_path):
 
 def test_update_weights_takes_the_learners_names(tmp_path):
     """The learner is transformers' module: its named_parameters(remove_duplicate=False), tied head
-    included, load as they are."""
+    included, load as they are, over weights the sampler has decoded with, and its log-probs are then the
+    learner's (greedy tokens alone barely depend on a small random model's layers)."""
     _checkpoint(tmp_path, CONFIGS["qwen2-tied"])
     sampler = Sampler(DenseLM.from_pretrained(tmp_path))
+    prompt = [5, 17, 42]
+    sampler.generate([prompt], SamplingParams(n=1, max_tokens=5))  # decodes with the checkpoint's weights first
     torch.manual_seed(1)
     learner = AutoModelForCausalLM.from_config(CONFIGS["qwen2-tied"], dtype=torch.float32).eval()
     sampler.update_weights(learner.named_parameters(remove_duplicate=False), version=4)
-    prompt = [5, 17, 42]
     completion = sampler.generate([prompt], SamplingParams(n=1, max_tokens=5, temperature=0.0))[0][0]
     with torch.no_grad():
         greedy = learner.generate(torch.tensor([prompt]), max_new_tokens=5, do_sample=False)[0, 3:].tolist()
+        logits = learner(torch.tensor([prompt + greedy])).logits[0, len(prompt) - 1:-1]
     assert completion.token_ids == greedy and completion.policy_version == 4
+    learner_logprobs = logits.log_softmax(-1).gather(-1, torch.tensor(greedy)[:, None]).squeeze(-1)
+    torch.testing.assert_close(torch.tensor(completion.logprobs), learner_logprobs, atol=1e-5, rtol=1e-5)
     with pytest.raises(KeyError, match="no parameter named"):
         sampler.update_weights([("model.layers.0.mlp.experts.gate_up_proj", torch.zeros(1))], version=5)
 
