@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -92,11 +93,9 @@ def test_resume_continues_step_optimizer_and_data_position(ray_session, job_conf
 
 
 @pytest.mark.slow
-def test_a_job_that_dies_in_rl_resumes_from_its_warm_up_checkpoint(ray_session, job_config, tmp_path):
+def test_a_job_that_dies_in_rl_resumes_from_its_warm_up_checkpoint(ray_session, job_config):
     """trainer.save_warm_up: a checkpoint at step 0. A job whose later checkpoints are gone (it died in
     RL before the next save) resumes from it at step 1 and does not warm up again."""
-    import shutil
-
     cfg = job_config(trainer__steps=1, trainer__sft_steps=3, trainer__save_warm_up=True)
     assert train(cfg)["optimizer_steps"] == 3 + 1
     checkpoints = Path(cfg.trainer.output_dir) / "checkpoints"
