@@ -178,7 +178,7 @@ class Job:
             self.resumed = resumed is not None
             if self.resumed:  # the engines loaded the checkpoint's weights but count versions from 0
                 self.push_weights(self.state.version)
-            self.tracker = Tracker(cfg, cfg.trainer.steps, self.state.step)
+            self.tracker = Tracker(cfg, cfg.trainer.steps, self.state.step, resumed=self.resumed)
             started.pop_all()
 
     def _rollout_source(self) -> RolloutSource:

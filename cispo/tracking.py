@@ -27,7 +27,8 @@ def wandb_mode(requested: str) -> str:
 
 
 class Tracker:
-    def __init__(self, cfg: Config, total_steps: int, start_step: int):
+    def __init__(self, cfg: Config, total_steps: int, start_step: int, resumed: bool):
+        """`start_step`: RL steps already done; `resumed`: the job continues from a checkpoint at that step."""
         self.cfg = cfg
         self.mode = wandb_mode(cfg.logger.mode)
         self.run = None
@@ -40,10 +41,10 @@ class Tracker:
                                   config=asdict(cfg), resume="allow", id=_run_id(out),
                                   settings=wandb.Settings(console="off", silent=True))
         # The same metrics as JSON lines, for scripts and tests that read a run without W&B. A resumed
-        # job (the only one to find this file: a fresh job clears it) trains the steps after its
-        # checkpoint again, step 0's included: their earlier lines go, so each step is there once.
+        # job trains the steps after its checkpoint again (from step 0's checkpoint too): their earlier
+        # lines go, so each step is there once.
         path = Path(cfg.trainer.output_dir) / "metrics.jsonl"
-        if path.exists():
+        if resumed and path.exists():
             kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= start_step]
             path.write_text("".join(line + "\n" for line in kept))
         self.metrics_file = open(path, "a")
