@@ -121,6 +121,7 @@ class Job:
         if resumed is not None:
             ckpt, self.state = resumed
             policy_dir = ckpt / "hf"
+            print(f"resuming from {ckpt} (step {self.state.step})", flush=True)
         else:
             if resume != "true":
                 self._clear_previous_run()
@@ -279,7 +280,7 @@ class Job:
             self.push_weights(0)
             self.tracker.log_static({"sft/loss_first": losses[0], "sft/loss_last": losses[-1]})
             if tc.save_warm_up:
-                self.save()
+                print(f"warm-up checkpoint: {self.save() / 'hf'}", flush=True)
         if tc.eval_every:
             self.tracker.log(0, self.evaluate(), advance=False)
 

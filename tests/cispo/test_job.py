@@ -93,7 +93,7 @@ def test_resume_continues_step_optimizer_and_data_position(ray_session, job_conf
 
 
 @pytest.mark.slow
-def test_a_job_that_dies_in_rl_resumes_from_its_warm_up_checkpoint(ray_session, job_config):
+def test_a_job_that_dies_in_rl_resumes_from_its_warm_up_checkpoint(ray_session, job_config, capsys):
     """trainer.save_warm_up: a checkpoint at step 0. A job whose later checkpoints are gone (it died in
     RL before the next save) resumes from it at step 1 and does not warm up again."""
     cfg = job_config(trainer__steps=1, trainer__sft_steps=3, trainer__save_warm_up=True)
@@ -103,10 +103,12 @@ def test_a_job_that_dies_in_rl_resumes_from_its_warm_up_checkpoint(ray_session, 
     warmed = AutoModelForCausalLM.from_pretrained(checkpoints / "step_000000" / "hf")
     initial = AutoModelForCausalLM.from_pretrained(Path(cfg.trainer.output_dir) / "init")
     assert not torch.equal(warmed.lm_head.weight, initial.lm_head.weight)  # it holds the warmed-up policy
+    assert f"warm-up checkpoint: {checkpoints / 'step_000000' / 'hf'}" in capsys.readouterr().out
     shutil.rmtree(checkpoints / "step_000001")
 
     cfg.trainer.steps, cfg.trainer.resume = 2, True
     assert train(cfg)["optimizer_steps"] == 3 + 2  # the warm-up's 3 steps, once
+    assert f"resuming from {checkpoints / 'step_000000'} (step 0)" in capsys.readouterr().out
     steps = [m["step"] for m in read_metrics(cfg.trainer.output_dir) if "reward/mean" in m]
     assert steps == [1, 2]  # the first run's step 1 went with its checkpoint
 
