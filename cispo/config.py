@@ -250,6 +250,10 @@ class EnvConfig:
     # Describe the tools in the prompt (built-in text format; a chat template declares them anyway).
     # false: a terse prompt (~150 byte tokens instead of ~900) for a policy that learns the calls by SFT.
     tool_docs: bool = True
+    # An episode that ends without submit (out of turns, tokens or time, or stopped for repetition): true
+    # grades the repository as it left it (SWE-agent's autosubmit); false scores it 0 as status unsubmitted
+    # without running the tests, so RL cannot learn to leave out the submit. Evaluation follows the same rule.
+    grade_unsubmitted: bool = True
 
 @dataclass
 class RewardConfig:

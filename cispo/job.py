@@ -79,7 +79,8 @@ def agent_config(cfg: Config) -> AgentConfig:
     e = cfg.env
     return AgentConfig(max_turns=e.max_turns, max_response_tokens=e.max_response_tokens,
                        max_turn_tokens=e.max_turn_tokens, max_observation_tokens=e.max_observation_tokens,
-                       command_timeout=e.tool_timeout_s, max_seconds=e.episode_timeout_s, tool_docs=e.tool_docs)
+                       command_timeout=e.tool_timeout_s, max_seconds=e.episode_timeout_s, tool_docs=e.tool_docs,
+                       grade_unsubmitted=e.grade_unsubmitted)
 
 
 def check_placement(cfg: Config) -> None:

@@ -59,6 +59,9 @@ class AgentConfig:
     max_seconds: float = 1800.0  # wall time of the turns; checked before each turn (the episode ends as `length`)
     system: str = "You are a software engineer fixing an issue in the repository at " + REPO + "."
     tool_docs: bool = True  # describe the tools in a text prompt (False: a terse prompt; the policy knows them)
+    # An episode that ends without submit is graded on the repository as it left it (SWE-agent's
+    # autosubmit); False: it scores 0 as status "unsubmitted", with no test run, so submitting pays.
+    grade_unsubmitted: bool = True
 
 
 @dataclass
@@ -68,7 +71,7 @@ class AgentResult:
     logprobs: list[float]  # per response token; 0.0 on observation tokens
     loss_mask: list[int]  # per response token; 1 model, 0 observation
     reward: float  # NaN for infra_error
-    status: str  # the grade's status, or infra_error
+    status: str  # the grade's status, infra_error, or unsubmitted (AgentConfig.grade_unsubmitted=False)
     finish_reason: FinishReason  # stop (submitted), length (out of turns or tokens), repetition, env_error
     turns: int
     diff: str
@@ -148,6 +151,8 @@ def run_episode(
     if diff.truncated or not diff.ok:
         why = "larger than the diff cap" if diff.truncated else f"git diff failed: {diff.output[-500:]}"
         return ep.result(0.0, "patch_failed", ep.finish, diff=diff.output, error=why)
+    if ep.finish != "stop" and not config.grade_unsubmitted:
+        return ep.result(0.0, "unsubmitted", ep.finish, diff=diff.output)
     grading = time.perf_counter()
     graded = grade(task, diff.output, pool)
     ep.seconds["grade"] = time.perf_counter() - grading

@@ -61,6 +61,15 @@ def test_swe_experiment_pairs_the_task_with_its_reward_and_enough_positions():
     assert cfg.model.max_position_embeddings >= 1024 + cfg.rollout.max_new_tokens
 
 
+def test_the_env_section_sets_the_agent_episodes_limits():
+    from cispo.job import agent_config
+
+    cfg = load(["+experiment=swe_agent", "env.max_turns=5", "env.tool_timeout_s=7", "env.grade_unsubmitted=false"])
+    agent = agent_config(cfg)
+    assert (agent.max_turns, agent.command_timeout, agent.tool_docs, agent.grade_unsubmitted) == (5, 7.0, False, False)
+    assert agent_config(load([])).grade_unsubmitted  # graded as left (autosubmit) unless told otherwise
+
+
 def run_cli(*args: str) -> tuple[subprocess.CompletedProcess, float]:
     start = time.monotonic()
     res = subprocess.run([str(CISPO_TRAIN), *args], capture_output=True, text=True, timeout=120)

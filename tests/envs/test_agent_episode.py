@@ -99,6 +99,25 @@ def test_limits_end_the_episode(synthetic, pool, tokenizer):
     assert res.finish_reason == "length" and len(res.response_ids) <= 60
 
 
+def test_an_unsubmitted_episode_is_graded_as_left_unless_told_to_score_it_zero(synthetic, pool, tokenizer):
+    task = synthetic["synthetic__statkit-1"]
+    fix = call("str_replace_editor", command="str_replace", path="statkit/__init__.py",
+               old_str="(len(xs) - 1)", new_str="len(xs)")
+    res = run_episode(task, ScriptedPolicy(tokenizer, [fix]), tokenizer, pool, config=AgentConfig(max_turns=1))
+    assert (res.status, res.reward, res.finish_reason) == ("resolved", 1.0, "length")  # autosubmit
+
+    strict = AgentConfig(max_turns=1, grade_unsubmitted=False)
+    res = run_episode(task, ScriptedPolicy(tokenizer, [fix]), tokenizer, pool, config=strict)
+    assert (res.status, res.reward, res.finish_reason) == ("unsubmitted", 0.0, "length")
+    assert res.grade is None and "grade" not in res.seconds  # no test ran
+    assert "+    return total(xs) / len(xs)" in res.diff  # the edit is still on record
+    assert res.to_sample("s", "g").trainable
+
+    res = run_episode(task, ScriptedPolicy(tokenizer, [fix, call("submit")]), tokenizer, pool,
+                      config=AgentConfig(max_turns=2, grade_unsubmitted=False))
+    assert (res.status, res.reward, res.finish_reason) == ("resolved", 1.0, "stop")
+
+
 def test_infra_error_is_masked(synthetic, pool, tokenizer, tmp_path):
     task = synthetic["synthetic__statkit-1"]
     junk = tmp_path / "junk.bundle"
