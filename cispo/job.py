@@ -375,8 +375,7 @@ class Job:
 
     def finish(self, final_eval: dict, checkpoint: Path, rewards_per_step: list[float],
                samples: int, seconds: float) -> dict:
-        """Log the final evaluation, print where things are and the summary line; the run's key figures."""
-        self.tracker.log(self.state.step, final_eval, advance=False)
+        """Print where things are, the final evaluation and the summary line; the run's key figures."""
         summary = {
             "steps": self.state.step,
             "reward_first10": round(statistics.fmean(rewards_per_step[:10]), 4) if rewards_per_step else float("nan"),

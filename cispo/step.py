@@ -28,6 +28,7 @@ class StepBook:
         self.rewards_per_step: list[float] = []
         self.samples, self.seconds = 0, 0.0
         self.first_started: float | None = None  # when the first step of this run began
+        self.evaluation: tuple[int, dict[str, float]] | None = None  # the last evaluation: (step, metrics)
 
     def record(self, step: int, taken: StepTake, learned: dict[str, float], started: float) -> None:
         """Step `step`, begun at `started` (time.perf_counter()), trained `taken` (`learned`: what
@@ -76,7 +77,8 @@ class StepBook:
         # Since the first step began, bookkeeping and logging of the steps before included (loop to loop).
         metrics["perf/wall_s"] = time.perf_counter() - self.first_started
         if tc.eval_every and job.state.step % tc.eval_every == 0:
-            metrics.update(job.evaluate())
+            self.evaluation = (job.state.step, job.evaluate())
+            metrics.update(self.evaluation[1])
         job.tracker.log(job.state.step, metrics)
         if step % job.cfg.logger.table_every == 0:
             job.tracker.log_samples(job.state.step, samples)
@@ -87,11 +89,14 @@ class StepBook:
         self.samples, self.seconds = self.samples + len(samples), self.seconds + step_s
 
     def finish(self) -> dict:
-        """The final evaluation and checkpoint; the run's key figures. Calls still in flight are
-        left unconsumed (a resumed job issues their prompts again)."""
-        self.job.source.stop(self.job.out)
-        final_eval = self.job.evaluate()
-        return self.job.finish(final_eval, self.job.save(), self.rewards_per_step, self.samples, self.seconds)
+        """The final evaluation (the last step's, when it evaluated: not run twice) and checkpoint; the
+        run's key figures. Calls still in flight are left unconsumed (a resumed job issues their prompts again)."""
+        job = self.job
+        job.source.stop(job.out)
+        if self.evaluation is None or self.evaluation[0] != job.state.step:
+            self.evaluation = (job.state.step, job.evaluate())
+            job.tracker.log(job.state.step, self.evaluation[1], advance=False)
+        return job.finish(self.evaluation[1], job.save(), self.rewards_per_step, self.samples, self.seconds)
 
     def __enter__(self) -> "StepBook":
         return self

@@ -89,6 +89,8 @@ def test_sync_job_applies_every_control_and_resumes_the_curriculum(ray_session, 
     assert [m["step"] for m in after[-2:]] == [3, 4]
     assert after[-2]["rollout/response_len_max"] <= 6  # sampled at the restored stage, not the first cap
     assert after[-1]["rollout/max_new_tokens"] == 8.0  # the window (step 3, 4) filled: raised again
+    # Step 4 evaluated (eval_every=2) and was the last: the final evaluation is that one, not a second run.
+    assert [m["step"] for m in read_metrics(resumed.trainer.output_dir) if "eval/greedy_reward" in m] == [0, 2, 4]
 
 
 @pytest.mark.slow
