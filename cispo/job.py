@@ -47,7 +47,7 @@ from cispo.rollout.buffer import RolloutBuffer
 from cispo.rollout.engines import EngineGroup, EngineSpec
 from cispo.rollout.episodes import EngineTurns
 from cispo.rollout.source import Prompt, RolloutSource
-from cispo.tracking import Tracker, format_summary
+from cispo.tracking import Tracker, format_summary, keep_steps_through
 from cispo.types import Group, SamplingParams
 
 
@@ -181,6 +181,7 @@ class Job:
             if self.resumed:  # the engines loaded the checkpoint's weights but count versions from 0
                 self.push_weights(self.state.version)
             self.tracker = Tracker(cfg, cfg.trainer.steps, self.state.step, resumed=self.resumed)
+            keep_steps_through(self.out / "eval_samples.jsonl", self.state.step if self.resumed else None)
             started.pop_all()
 
     def _rollout_source(self) -> RolloutSource:
@@ -323,7 +324,7 @@ class Job:
     def _record_greedy_eval(self, greedy: list[list[tuple[str, RewardResult]]]) -> None:
         """One line per evaluation in output_dir/eval_samples.jsonl: the step, and each held-out row's
         prompt, greedy response, score, reward details (an agent episode's transcript) and error.
-        A resumed job appends its own evaluations."""
+        A resumed job keeps the evaluations up to its checkpoint's step; a fresh one starts the file empty."""
         rows = [{"prompt": prompt.text, "response": text, "score": res.score, "details": res.details,
                  "error": res.error} for prompt, ((text, res),) in zip(self.eval_prompts, greedy)]
         with open(self.out / "eval_samples.jsonl", "a") as f:

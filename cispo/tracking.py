@@ -20,6 +20,17 @@ from cispo.config import Config
 from cispo.types import Sample
 
 
+def keep_steps_through(path: Path, step: int | None) -> None:
+    """Make a JSON-lines record of the run (each line an object with its "step") what a job starting
+    now must find: a job resumed from step `step`'s checkpoint trains the steps after it again (from
+    step 0's checkpoint too), so their earlier lines go and each step is there once; a fresh job
+    (None) starts it empty."""
+    kept = []
+    if step is not None and path.exists():
+        kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
 def wandb_mode(requested: str) -> str:
     if requested != "auto":
         return requested
@@ -40,13 +51,9 @@ class Tracker:
             self.run = wandb.init(project=cfg.logger.project, dir=str(out), mode=self.mode,
                                   config=asdict(cfg), resume="allow", id=_run_id(out),
                                   settings=wandb.Settings(console="off", silent=True))
-        # The same metrics as JSON lines, for scripts and tests that read a run without W&B. A resumed
-        # job trains the steps after its checkpoint again (from step 0's checkpoint too): their earlier
-        # lines go, so each step is there once.
+        # The same metrics as JSON lines, for scripts and tests that read a run without W&B.
         path = Path(cfg.trainer.output_dir) / "metrics.jsonl"
-        if resumed and path.exists():
-            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= start_step]
-            path.write_text("".join(line + "\n" for line in kept))
+        keep_steps_through(path, start_step if resumed else None)
         self.metrics_file = open(path, "a")
         self._bar_args = dict(total=total_steps, initial=start_step, desc="RL", unit="step",
                               disable=not cfg.logger.progress_bar, dynamic_ncols=True)

@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
+from cispo.tracking import keep_steps_through
 from cispo.types import Sample
 
 TRAINED_SAMPLES_FILE = "trained_samples.jsonl"
@@ -29,10 +30,7 @@ class TrainedSamplesLog:
         `token_texts`: each token id's text (the tokenizer's decode of that one token)."""
         self.token_texts = token_texts
         path = output_dir / TRAINED_SAMPLES_FILE
-        kept = []
-        if resumed_step is not None and path.exists():
-            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= resumed_step]
-        path.write_text("".join(line + "\n" for line in kept))
+        keep_steps_through(path, resumed_step)
         self.file = open(path, "a")
 
     def record(self, step: int, prompt_indices: list[int], samples: list[Sample], shown: int = 0) -> None:

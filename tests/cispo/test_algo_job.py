@@ -91,6 +91,9 @@ def test_sync_job_applies_every_control_and_resumes_the_curriculum(ray_session, 
     assert after[-1]["rollout/max_new_tokens"] == 8.0  # the window (step 3, 4) filled: raised again
     # Step 4 evaluated (eval_every=2) and was the last: the final evaluation is that one, not a second run.
     assert [m["step"] for m in read_metrics(resumed.trainer.output_dir) if "eval/greedy_reward" in m] == [0, 2, 4]
+    # eval_samples.jsonl kept the evaluations up to the checkpoint (step 3's of the first run went), as metrics.jsonl did.
+    evaluations = (Path(resumed.trainer.output_dir) / "eval_samples.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in evaluations] == [0, 2, 4]
 
 
 @pytest.mark.slow

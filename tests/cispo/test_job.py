@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from cispo.checkpoint import latest_checkpoint
 from cispo.job import Job
 from cispo.rollout.engines import EngineGroup, EngineSpec, RolloutError
+from cispo.tracking import keep_steps_through
 from cispo.train import train
 from cispo.trained_samples import TRAINED_SAMPLES_FILE
 from cispo.types import SamplingParams
@@ -176,3 +177,15 @@ def test_failed_scorings_are_masked_counted_said_on_the_console_and_extra_fields
     assert any("len" in d for d in details)  # the reward's extra field, kept with its sample
     assert sum(e is not None for r in records for e in r["reward_errors"]) == sum(m["reward/errors"] for m in steps)
     assert console.out.strip().splitlines()[-1].startswith("summary: steps=2")  # the console's last line
+
+
+def test_a_runs_records_keep_the_steps_up_to_the_resumed_checkpoint_and_a_fresh_job_empties_them(tmp_path):
+    """metrics.jsonl, trained_samples.jsonl and eval_samples.jsonl in an output_dir used before."""
+    record = tmp_path / "eval_samples.jsonl"
+    record.write_text("".join(json.dumps({"step": s, "rows": []}) + "\n" for s in (0, 2, 3)))
+    keep_steps_through(record, 2)  # resumed from step 2: step 3 is trained (and evaluated) again
+    assert [json.loads(line)["step"] for line in record.read_text().splitlines()] == [0, 2]
+    keep_steps_through(record, None)  # a fresh job
+    assert record.read_text() == ""
+    keep_steps_through(tmp_path / "new.jsonl", 5)  # nothing there yet
+    assert (tmp_path / "new.jsonl").read_text() == ""
