@@ -48,6 +48,7 @@ from cispo.rollout.engines import EngineGroup, EngineSpec
 from cispo.rollout.episodes import EngineTurns
 from cispo.rollout.source import Prompt, RolloutSource
 from cispo.tracking import Tracker, format_summary, keep_steps_through
+from cispo.trained_samples import TRAINED_SAMPLES_FILE
 from cispo.types import Group, SamplingParams
 
 
@@ -65,6 +66,12 @@ def connect_ray(cfg: Config) -> None:
         runtime_env = {"env_vars": {k: v for k, v in os.environ.items() if k.startswith(("WANDB_", "DS_", "VLLM_"))}}
         ray.init(num_cpus=cfg.ray.num_cpus or max(os.cpu_count() or 1, math.ceil(cpus_needed(cfg))),
                  runtime_env=runtime_env, log_to_driver=False, include_dashboard=False)
+
+
+# The run's records, one JSON line per step (or per evaluation), each appended as the job goes: a job
+# resumed from step s's checkpoint keeps their lines through step s (it trains the steps after it again),
+# a fresh job starts them empty.
+RUN_RECORDS = ("metrics.jsonl", TRAINED_SAMPLES_FILE, "eval_samples.jsonl")
 
 
 def cpus_needed(cfg: Config) -> float:
@@ -180,8 +187,9 @@ class Job:
             self.resumed = resumed is not None
             if self.resumed:  # the engines loaded the checkpoint's weights but count versions from 0
                 self.push_weights(self.state.version)
-            self.tracker = Tracker(cfg, cfg.trainer.steps, self.state.step, resumed=self.resumed)
-            keep_steps_through(self.out / "eval_samples.jsonl", self.state.step if self.resumed else None)
+            for record in RUN_RECORDS:
+                keep_steps_through(self.out / record, self.state.step if self.resumed else None)
+            self.tracker = Tracker(cfg, cfg.trainer.steps, self.state.step)
             started.pop_all()
 
     def _rollout_source(self) -> RolloutSource:
@@ -244,8 +252,9 @@ class Job:
                 "faults/learner_restarts": float(self.learner_restarts)}
 
     def _clear_previous_run(self) -> None:
-        """A fresh (non-resume) job in a used output_dir starts clean: no stale checkpoint or W&B run."""
-        for name in ("checkpoints", "init", "wandb", "wandb_run_id", "metrics.jsonl"):
+        """A fresh (non-resume) job in a used output_dir starts clean: no stale checkpoint or W&B run (its
+        RUN_RECORDS are emptied where a resumed job trims them)."""
+        for name in ("checkpoints", "init", "wandb", "wandb_run_id"):
             path = self.out / name
             if path.is_dir():
                 shutil.rmtree(path)
@@ -324,7 +333,7 @@ class Job:
     def _record_greedy_eval(self, greedy: list[list[tuple[str, RewardResult]]]) -> None:
         """One line per evaluation in output_dir/eval_samples.jsonl: the step, and each held-out row's
         prompt, greedy response, score, reward details (an agent episode's transcript) and error.
-        A resumed job keeps the evaluations up to its checkpoint's step; a fresh one starts the file empty."""
+        One of the RUN_RECORDS."""
         rows = [{"prompt": prompt.text, "response": text, "score": res.score, "details": res.details,
                  "error": res.error} for prompt, ((text, res),) in zip(self.eval_prompts, greedy)]
         with open(self.out / "eval_samples.jsonl", "a") as f:

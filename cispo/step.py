@@ -23,8 +23,7 @@ class StepBook:
         self.job = job
         self.curriculum = JobCurriculum(job.cfg, job.state)
         job.source.params = job.sampling_params()  # at the curriculum stage's cap
-        self.trained_log = TrainedSamplesLog(job.out, job.state.step if job.resumed else None,
-                                             lambda ids: job.tokenizer.batch_decode([[i] for i in ids]))
+        self.trained_log = TrainedSamplesLog(job.out, lambda ids: job.tokenizer.batch_decode([[i] for i in ids]))
         self.rewards_per_step: list[float] = []
         self.samples, self.seconds = 0, 0.0
         self.first_started: float | None = None  # when the first step of this run began

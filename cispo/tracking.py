@@ -38,8 +38,8 @@ def wandb_mode(requested: str) -> str:
 
 
 class Tracker:
-    def __init__(self, cfg: Config, total_steps: int, start_step: int, resumed: bool):
-        """`start_step`: RL steps already done; `resumed`: the job continues from a checkpoint at that step."""
+    def __init__(self, cfg: Config, total_steps: int, start_step: int):
+        """`start_step`: RL steps already done."""
         self.cfg = cfg
         self.mode = wandb_mode(cfg.logger.mode)
         self.run = None
@@ -51,9 +51,9 @@ class Tracker:
             self.run = wandb.init(project=cfg.logger.project, dir=str(out), mode=self.mode,
                                   config=asdict(cfg), resume="allow", id=_run_id(out),
                                   settings=wandb.Settings(console="off", silent=True))
-        # The same metrics as JSON lines, for scripts and tests that read a run without W&B.
+        # The same metrics as JSON lines, for scripts and tests that read a run without W&B (kept
+        # through the resumed step by the job: one of its RUN_RECORDS).
         path = Path(cfg.trainer.output_dir) / "metrics.jsonl"
-        keep_steps_through(path, start_step if resumed else None)
         self.metrics_file = open(path, "a")
         self._bar_args = dict(total=total_steps, initial=start_step, desc="RL", unit="step",
                               disable=not cfg.logger.progress_bar, dynamic_ncols=True)

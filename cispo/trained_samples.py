@@ -9,7 +9,7 @@ text token by token (`shown`: prompt, response token pieces, sampler log-probs, 
 mask), for the report's sample browser. Both drivers write it, so "every sample trained at most once, none lost
 without being counted" and the staleness bound can be checked from the run itself,
 across resumes and restarts. A resumed job keeps the lines up
-to its checkpoint's step: the steps after it are trained again from the checkpoint.
+to its checkpoint's step (`cispo.job.RUN_RECORDS`): the steps after it are trained again from the checkpoint.
 """
 
 from __future__ import annotations
@@ -18,20 +18,16 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from cispo.tracking import keep_steps_through
 from cispo.types import Sample
 
 TRAINED_SAMPLES_FILE = "trained_samples.jsonl"
 
 
 class TrainedSamplesLog:
-    def __init__(self, output_dir: Path, resumed_step: int | None, token_texts: Callable[[list[int]], list[str]]):
-        """`resumed_step`: the checkpoint's step when the job resumed, None when it started fresh.
-        `token_texts`: each token id's text (the tokenizer's decode of that one token)."""
+    def __init__(self, output_dir: Path, token_texts: Callable[[list[int]], list[str]]):
+        """`token_texts`: each token id's text (the tokenizer's decode of that one token)."""
         self.token_texts = token_texts
-        path = output_dir / TRAINED_SAMPLES_FILE
-        keep_steps_through(path, resumed_step)
-        self.file = open(path, "a")
+        self.file = open(output_dir / TRAINED_SAMPLES_FILE, "a")
 
     def record(self, step: int, prompt_indices: list[int], samples: list[Sample], shown: int = 0) -> None:
         """Step `step` (the version it produced) trained `samples` of the prompts `prompt_indices`; the
