@@ -24,6 +24,7 @@ stream in order):
   dense_builtin_colocated_2ranks  as dense_builtin_colocated with learner.world_size=2: two ranks of one thread
                     each, each generating half the step's prompts in its own process (a decoding step of this
                     model runs no faster on two threads than on one, so one rank leaves a core idle)
+  dense_builtin_colocated_zero0  as dense_builtin_colocated with learner.zero_stage=0 (one rank: nothing to partition)
   dense_builtin_async  as dense_builtin with trainer.max_staleness=1 (generation overlaps the learner step)
 samples/s on every side: samples of the steps after --warmup-steps over those steps' wall time, loop
 to loop (generation, scoring, update, weight push, logging; start-up, warm-up SFT and the final
@@ -83,6 +84,9 @@ VARIANTS = {
     "dense_builtin_colocated_2ranks": {"policy": "qwen2_tiny",
                                        "overrides": ["model=qwen2_tiny", "rollout=builtin", "rollout.colocate=true",
                                                      "learner.world_size=2"]},
+    "dense_builtin_colocated_zero0": {"policy": "qwen2_tiny",
+                                      "overrides": ["model=qwen2_tiny", "rollout=builtin", "rollout.colocate=true",
+                                                    "learner.zero_stage=0"]},
     "dense_builtin_async": {"policy": "qwen2_tiny",
                             "overrides": ["model=qwen2_tiny", "rollout=builtin", "trainer.max_staleness=1"]},
 }
