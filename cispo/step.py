@@ -135,7 +135,8 @@ def rollout_metrics(samples: list[Sample]) -> dict[str, float]:
     }
     for reason in ("stop", "length", "repetition", "env_error"):
         out[f"rollout/finish_{reason}_frac"] = sum(s.finish_reason == reason for s in samples) / max(len(samples), 1)
-    # Environments that grade (the SWE reward's resolved/unresolved/patch_failed/timeout/infra_error) report a status.
+    # Environments that grade (the SWE reward's resolved/unresolved/patch_failed/timeout/infra_error; an agent
+    # episode's unsubmitted with env.grade_unsubmitted=false) report a status.
     statuses = [s.reward_details.get("status") for s in samples]
     for name in sorted({st for st in statuses if isinstance(st, str)}):
         out[f"env/status_{name}_frac"] = statuses.count(name) / len(samples)

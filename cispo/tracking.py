@@ -24,10 +24,18 @@ def keep_steps_through(path: Path, step: int | None) -> None:
     """Make a JSON-lines record of the run (each line an object with its "step") what a job starting
     now must find: a job resumed from step `step`'s checkpoint trains the steps after it again (from
     step 0's checkpoint too), so their earlier lines go and each step is there once; a fresh job
-    (None) starts it empty."""
+    (None) starts it empty. A last line without its newline is a write cut short by a killed job
+    (the usual reason to resume): it goes too."""
     kept = []
     if step is not None and path.exists():
-        kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+        lines = path.read_text().split("\n")[:-1]  # every line written to its end; a cut-short tail dropped
+        for number, line in enumerate(lines, 1):
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line)
+            except (ValueError, KeyError, TypeError) as e:
+                raise ValueError(f"{path}:{number}: not a JSON object with a step ({e}); the job cannot "
+                                 "resume this record: move it away, or start fresh") from e
     path.write_text("".join(line + "\n" for line in kept))
 
 

@@ -185,6 +185,12 @@ def test_a_runs_records_keep_the_steps_up_to_the_resumed_checkpoint_and_a_fresh_
     record.write_text("".join(json.dumps({"step": s, "rows": []}) + "\n" for s in (0, 2, 3)))
     keep_steps_through(record, 2)  # resumed from step 2: step 3 is trained (and evaluated) again
     assert [json.loads(line)["step"] for line in record.read_text().splitlines()] == [0, 2]
+    record.write_text(record.read_text() + json.dumps({"step": 3, "rows": []})[:9])  # a killed job's cut-short write
+    keep_steps_through(record, 2)
+    assert [json.loads(line)["step"] for line in record.read_text().splitlines()] == [0, 2]
+    record.write_text(record.read_text() + "not json\n" + json.dumps({"step": 1}) + "\n")
+    with pytest.raises(ValueError, match=r"eval_samples.jsonl:3: not a JSON object with a step"):
+        keep_steps_through(record, 2)
     keep_steps_through(record, None)  # a fresh job
     assert record.read_text() == ""
     keep_steps_through(tmp_path / "new.jsonl", 5)  # nothing there yet
