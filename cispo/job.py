@@ -16,7 +16,7 @@ import shutil
 import statistics
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -44,7 +44,7 @@ from cispo.policy import create_policy
 from cispo.reward.pool import RewardPool
 from cispo.reward.worker import RewardResult
 from cispo.rollout.buffer import RolloutBuffer
-from cispo.rollout.engines import EngineGroup, EngineSpec
+from cispo.rollout.engines import EngineGroup, Engines, EngineSpec
 from cispo.rollout.episodes import EngineTurns
 from cispo.rollout.source import Prompt, RolloutSource
 from cispo.tracking import Tracker, format_summary, keep_steps_through
@@ -109,6 +109,22 @@ def check_placement(cfg: Config) -> None:
                               f"Ray cluster has that: {len(nodes)} node(s) with {have}")
 
 
+def _stop_once_started(part: Future, name: str):
+    """An exit callback that stops a part started in the background once its start ends. A start that
+    failed stopped what it had started; its error is logged, unless it is the error the job raises."""
+    def stop(exc_type, raised, traceback) -> bool:
+        try:
+            started = part.result()
+        except Exception as failed:  # noqa: BLE001 - reported here or raised by the job
+            if failed is not raised:
+                logging.getLogger(__name__).error("%s did not start either", name, exc_info=failed)
+            return False
+        started.shutdown()
+        return False
+
+    return stop
+
+
 class Job:
     def __init__(self, cfg: Config, learner_restarts: int = 0):
         """`learner_restarts`: times the supervisor restarted this job after a learner rank died."""
@@ -156,25 +172,18 @@ class Job:
         self.eval_prompts = [self.prompt(row, row_ids) for row, row_ids in zip(rows, ids)]  # encoded once
         # Dr.GRPO's constant is the largest response cap the job samples with: one constant for the run.
         self.loss = resolve_loss(cfg.algo, longest_response)
-        with ExitStack() as started:  # a part that fails to start stops the actors started before it
+        self.resumed = resumed is not None
+        for record in RUN_RECORDS:
+            keep_steps_through(self.out / record, self.state.step if self.resumed else None)
+        # A part that fails to start stops the parts started before it. The engines load in a thread while
+        # the learner, the reward workers and W&B start: each part's start is mostly its own processes
+        # importing torch, so started one after another they left a core idle.
+        r = cfg.rollout
+        with ExitStack() as started, ThreadPoolExecutor(1, thread_name_prefix="start-engines") as beside:
             self.learner = LearnerGroup(cfg, str(policy_dir), self.loss)
             started.callback(self.learner.shutdown)
-            if resumed is not None:
-                self.learner.load_checkpoint(str(deepspeed_dir(self.out)), tag(self.state.step))
-            r = cfg.rollout
-            if r.engine == "vllm":
-                kwargs = {"dtype": r.dtype, "max_model_len": cfg.model.max_position_embeddings,
-                          "kv_cache_gib": r.kv_cache_gib}
-            else:  # a colocated sampler keeps its learner rank's threads
-                kwargs = {"num_threads": None if r.colocate else max(1, int(r.num_cpus_per_worker))}
-            spec = EngineSpec(r.engine, str(policy_dir), r.num_cpus_per_worker, r.num_gpus_per_worker, kwargs,
-                              cfg.trainer.seed, dict(r.resources))
-            if r.colocate:
-                self.rollout = ColocatedEngines(self.learner, spec, r.generate_timeout_s)
-            else:
-                self.rollout = EngineGroup(spec, r.num_workers, r.generate_timeout_s, r.weight_push_timeout_s,
-                                           max_restarts=r.max_restarts)
-            started.callback(self.rollout.shutdown)
+            rollout = beside.submit(self._start_rollout, str(policy_dir))
+            started.push(_stop_once_started(rollout, "the rollout engines"))
             rw = cfg.reward
             self.rewards = RewardPool(rw.fn, rw.timeout_s, rw.max_error_fraction, rw.num_workers, rw.batched)
             started.callback(self.rewards.shutdown)
@@ -182,15 +191,31 @@ class Job:
             self.sandboxes = SandboxPool(max_concurrency=2 * r.episodes_in_flight) if self.agent else None
             if self.sandboxes is not None:
                 started.callback(self.sandboxes.close)
+            self.tracker = Tracker(cfg, cfg.trainer.steps, self.state.step)
+            started.callback(self.tracker.finish)
+            if self.resumed:
+                self.learner.load_checkpoint(str(deepspeed_dir(self.out)), tag(self.state.step))
+            self.rollout = rollout.result()
             self.source = self._rollout_source()
             started.callback(self.source.stop, self.out)
-            self.resumed = resumed is not None
             if self.resumed:  # the engines loaded the checkpoint's weights but count versions from 0
                 self.push_weights(self.state.version)
-            for record in RUN_RECORDS:
-                keep_steps_through(self.out / record, self.state.step if self.resumed else None)
-            self.tracker = Tracker(cfg, cfg.trainer.steps, self.state.step)
             started.pop_all()
+
+    def _start_rollout(self, policy_dir: str) -> Engines:
+        """The rollout engines, loaded from `policy_dir`: beside the learner, or inside its ranks."""
+        r = self.cfg.rollout
+        if r.engine == "vllm":
+            kwargs = {"dtype": r.dtype, "max_model_len": self.cfg.model.max_position_embeddings,
+                      "kv_cache_gib": r.kv_cache_gib}
+        else:  # a colocated sampler keeps its learner rank's threads
+            kwargs = {"num_threads": None if r.colocate else max(1, int(r.num_cpus_per_worker))}
+        spec = EngineSpec(r.engine, policy_dir, r.num_cpus_per_worker, r.num_gpus_per_worker, kwargs,
+                          self.cfg.trainer.seed, dict(r.resources))
+        if r.colocate:
+            return ColocatedEngines(self.learner, spec, r.generate_timeout_s)
+        return EngineGroup(spec, r.num_workers, r.generate_timeout_s, r.weight_push_timeout_s,
+                           max_restarts=r.max_restarts)
 
     def _rollout_source(self) -> RolloutSource:
         """Where both drivers take their groups from, at the job's data position."""

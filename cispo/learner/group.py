@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import math
-import socket
 import time
 from collections import Counter
 
@@ -21,6 +20,7 @@ from cispo.learner.batch import TrainBatch
 from cispo.learner.micro import plan_micro_batches
 from cispo.config import Config
 from cispo.learner.rank import Learner, merge_rank_metrics
+from cispo.learner.rendezvous import free_port
 from cispo.algo.losses import LossSpec, loss_normalizer
 from cispo.policy import is_hybrid
 from cispo.rollout.engines import EngineSpec
@@ -32,13 +32,6 @@ class LearnerTimeoutError(RuntimeError):
 
 class LearnerDiedError(RuntimeError):
     """A learner rank's actor died (process killed, node lost): the learner's state is gone."""
-
-
-def _free_port() -> tuple[str, int]:
-    """An address and a free port on the node this runs on (the rank-0 rendezvous)."""
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return ray.util.get_node_ip_address(), s.getsockname()[1]
 
 
 class LearnerGroup:
@@ -60,7 +53,7 @@ class LearnerGroup:
                                f"{ray.available_resources()}") from e
         actor = ray.remote(Learner)
         addr, port = ray.get(
-            ray.remote(num_cpus=0)(_free_port).options(
+            ray.remote(num_cpus=0)(free_port).options(
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=0)
             ).remote()
         )

@@ -141,10 +141,11 @@ def _free_cpus_return_to(level: float, timeout_s: float = 60.0) -> bool:
 
 
 @pytest.mark.slow
-def test_a_part_that_fails_to_start_stops_the_actors_started_before_it(ray_session, job_config):
+@pytest.mark.parametrize("colocate", [False, True], ids=["engine-actors", "colocated"])
+def test_a_part_that_fails_to_start_stops_the_actors_started_before_it(ray_session, job_config, colocate):
     free = ray.available_resources()["CPU"]
-    # The learner and the engines start, then the reward workers cannot load the function.
-    cfg = job_config(reward__fn="cispo.reward.not_a_module:fn")
+    # The reward workers cannot load the function while the learner and the engines start beside them.
+    cfg = job_config(reward__fn="cispo.reward.not_a_module:fn", rollout__colocate=colocate)
     with pytest.raises(RuntimeError, match=r"(?s)reward workers for cispo\.reward\.not_a_module:fn did not start: "
                                            r".*cannot import module"):
         Job(cfg)
