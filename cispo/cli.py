@@ -59,7 +59,7 @@ def _main(dict_cfg: DictConfig) -> None:
         with open(Path(cfg.trainer.output_dir) / "cli.log", "a") as job_log:  # the job's log, not the console
             traceback.print_exc(file=job_log)
         print(f"\nerror: {failure(e)}\nfull traceback: {Path(cfg.trainer.output_dir) / 'cli.log'}\n"
-              f"{resume_hint(cfg)}", file=sys.stderr)
+              f"{resume_hint(cfg, e)}", file=sys.stderr)
         sys.exit(1)
 
 
@@ -82,13 +82,17 @@ def failure(error: BaseException) -> str:
     return f"{type(error).__name__}{where}: {text}"
 
 
-def resume_hint(cfg: Config) -> str:
+def resume_hint(cfg: Config, error: BaseException | None = None) -> str:
+    """How to go on from the last checkpoint; first, when `error` is a record the job could not
+    resume, moving that file away (resuming again would fail the same way)."""
     from cispo.checkpoint import latest_checkpoint
+    from cispo.tracking import UnreadableRecord
 
     found = latest_checkpoint(cfg.trainer.output_dir)
     if found is None:
         return "No checkpoint was written."
-    return (f"Last checkpoint: {found[0]} (step {found[1].step}); continue with the same command plus "
+    first = f"move {error.path} away, then " if isinstance(error, UnreadableRecord) else ""
+    return (f"Last checkpoint: {found[0]} (step {found[1].step}); {first}continue with the same command plus "
             "trainer.resume=true.")
 
 

@@ -20,6 +20,16 @@ from cispo.config import Config
 from cispo.types import Sample
 
 
+class UnreadableRecord(ValueError):
+    """A line of a run's record that is not a JSON object with a step: no job can resume past it until
+    the file is moved away (`path`)."""
+
+    def __init__(self, path: Path, line: int, why: BaseException):
+        super().__init__(f"{path}:{line}: not a JSON object with a step ({why}); the job cannot resume this "
+                         "record: move it away, or start fresh")
+        self.path = path
+
+
 def keep_steps_through(path: Path, step: int | None) -> None:
     """Make a JSON-lines record of the run (each line an object with its "step") what a job starting
     now must find: a job resumed from step `step`'s checkpoint trains the steps after it again (from
@@ -34,8 +44,7 @@ def keep_steps_through(path: Path, step: int | None) -> None:
                 if json.loads(line)["step"] <= step:
                     kept.append(line)
             except (ValueError, KeyError, TypeError) as e:
-                raise ValueError(f"{path}:{number}: not a JSON object with a step ({e}); the job cannot "
-                                 "resume this record: move it away, or start fresh") from e
+                raise UnreadableRecord(path, number, e) from e
     path.write_text("".join(line + "\n" for line in kept))
 
 

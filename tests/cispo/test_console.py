@@ -13,7 +13,10 @@ import pytest
 
 from interrupts import sigint_default
 
-from cispo.cli import failure
+from cispo.checkpoint import TrainState, checkpoint_dir, write_state
+from cispo.cli import failure, resume_hint
+from cispo.config import Config
+from cispo.tracking import UnreadableRecord
 
 CISPO_TRAIN = Path(sys.executable).parent / "cispo-train"
 USER_REWARDS = Path(__file__).parents[1] / "reward" / "user_rewards.py"
@@ -80,3 +83,18 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path):
     assert "interrupted. Last checkpoint:" in stderr and "trainer.resume=true" in stderr
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps and max(steps) < 200
+
+
+def test_the_resume_hint_says_to_move_away_a_record_the_job_could_not_resume(tmp_path):
+    cfg = Config()
+    cfg.trainer.output_dir = str(tmp_path)
+    assert resume_hint(cfg) == "No checkpoint was written."
+    checkpoint = checkpoint_dir(tmp_path, 4)
+    checkpoint.mkdir(parents=True)
+    write_state(checkpoint, TrainState(step=4, version=4))
+    assert resume_hint(cfg) == (f"Last checkpoint: {checkpoint} (step 4); continue with the same command plus "
+                                "trainer.resume=true.")
+    record = tmp_path / "metrics.jsonl"
+    unreadable = UnreadableRecord(record, 2, ValueError("Expecting value"))
+    assert resume_hint(cfg, unreadable) == (f"Last checkpoint: {checkpoint} (step 4); move {record} away, then "
+                                            "continue with the same command plus trainer.resume=true.")

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from cispo.checkpoint import latest_checkpoint
 from cispo.job import Job
 from cispo.rollout.engines import EngineGroup, EngineSpec, RolloutError
-from cispo.tracking import keep_steps_through
+from cispo.tracking import UnreadableRecord, keep_steps_through
 from cispo.train import train
 from cispo.trained_samples import TRAINED_SAMPLES_FILE
 from cispo.types import SamplingParams
@@ -190,8 +190,9 @@ def test_a_runs_records_keep_the_steps_up_to_the_resumed_checkpoint_and_a_fresh_
     keep_steps_through(record, 2)
     assert [json.loads(line)["step"] for line in record.read_text().splitlines()] == [0, 2]
     record.write_text(record.read_text() + "not json\n" + json.dumps({"step": 1}) + "\n")
-    with pytest.raises(ValueError, match=r"eval_samples.jsonl:3: not a JSON object with a step"):
+    with pytest.raises(UnreadableRecord, match=r"eval_samples.jsonl:3: not a JSON object with a step") as unreadable:
         keep_steps_through(record, 2)
+    assert unreadable.value.path == record  # what the console's resume hint says to move away
     keep_steps_through(record, None)  # a fresh job
     assert record.read_text() == ""
     keep_steps_through(tmp_path / "new.jsonl", 5)  # nothing there yet
