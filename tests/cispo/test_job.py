@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cispo.checkpoint import latest_checkpoint
-from cispo.job import Job
+from cispo.job import Job, _stop_once_started
 from cispo.rollout.engines import EngineGroup, EngineSpec, RolloutError
 from cispo.tracking import UnreadableRecord, keep_steps_through
 from cispo.train import train
@@ -150,6 +152,27 @@ def test_a_part_that_fails_to_start_stops_the_actors_started_before_it(ray_sessi
                                            r".*cannot import module"):
         Job(cfg)
     assert _free_cpus_return_to(free), f"actors left running: {ray.available_resources()} of {free} CPUs free"
+
+
+def test_a_part_started_in_the_background_is_stopped_and_a_failure_the_job_does_not_raise_is_logged(caplog):
+    class Part:
+        stopped = False
+
+        def shutdown(self):
+            self.stopped = True
+
+    started, part = Future(), Part()
+    started.set_result(part)
+    assert _stop_once_started(started, "the part")(None, None, None) is False  # never swallows the job's error
+    assert part.stopped
+    failed, error = Future(), RolloutError("an engine died while loading")
+    failed.set_exception(error)
+    with caplog.at_level(logging.ERROR, logger="cispo.job"):
+        _stop_once_started(failed, "the rollout engines")(RolloutError, error, None)
+        assert not caplog.records  # the job raises this very error: not said twice
+        _stop_once_started(failed, "the rollout engines")(RuntimeError, RuntimeError("reward workers"), None)
+    assert "the rollout engines did not start either" in caplog.text
+    assert "an engine died while loading" in caplog.text
 
 
 def test_engines_that_cannot_load_name_the_checkpoint(ray_session, tmp_path):
