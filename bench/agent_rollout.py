@@ -94,7 +94,7 @@ class TrajectoryPolicy:
 
 def trajectory(task: SWEInstance) -> list[str]:
     """Look, apply the gold patch, run the tests, submit."""
-    apply = reference_trajectory(task.patch, FMT).split(FMT.observation_head)[0]  # its first turn
+    apply = reference_trajectory(task.patch, FMT)[0]  # its first turn
     look = FMT.call("bash", {"command": "git status --short && git ls-files | head -20"})
     run_tests = FMT.call("bash", {"command": f"{task.test_cmd} -q 2>&1 | tail -3"})
     return [look, apply, run_tests, FMT.call("submit", {})]

@@ -6,9 +6,9 @@ and two expressions from the issue. On 256 tasks' reference episodes a policy me
 job, whether SFT on many distinct tasks (`task.train_size`, each seen a few times) makes
 the copy generalise: the swe_agent policy (created as the job creates it, `model.*`
 overrides apply) trains on the reference episodes of `--train` generated tasks with the job's
-SFT loss (mean NLL of the episode's tokens, gradients clipped at learner.grad_clip) and its
-AdamW settings (`learner.*`), in plain torch on one process, and every `--every` steps
-reports on `--held-out` other tasks (other file names, other expressions):
+SFT loss (mean NLL of the episode's own turns, not the editor's report; gradients clipped at
+learner.grad_clip) and its AdamW settings (`learner.*`), in plain torch on one process, and
+every `--every` steps reports on `--held-out` other tasks (other file names, other expressions):
 
     exact calls   the fraction whose whole first call is the argmax at every token under
                   teacher forcing, i.e. whose greedy first call would be byte-exact
@@ -35,6 +35,7 @@ from omegaconf import OmegaConf
 import cispo.cli  # noqa: F401 - registers the config schema
 from cispo.config import Config
 from cispo.envs.agent_format import BUILTIN_FORMAT
+from cispo.envs.chat import PromptEncoder
 from cispo.envs.swe_agent import edit_trajectory
 from cispo.envs.swe_edit_tasks import specs
 from cispo.envs.swe_task import SWETask
@@ -43,25 +44,24 @@ from cispo.learner.batch import sft_batch
 from cispo.policy import create_policy, load_policy
 
 
-def encoded(tasks, tokenizer, cfg: Config) -> list[tuple[list[int], list[int], int]]:
-    """(prompt ids, reference episode ids + EOS, tokens of its first call) of each task."""
-    agent = agent_config(cfg)
+def encoded(tasks, tokenizer, cfg: Config) -> list[tuple[list[int], list[int], list[int], int]]:
+    """(prompt ids, reference episode ids + EOS, which of them are trained, tokens of its first call) of
+    each task, encoded as the job's warm-up encodes them."""
+    agent, encoder = agent_config(cfg), PromptEncoder(tokenizer)
     out = []
     for spec, edit in tasks:
         prompt = BUILTIN_FORMAT.prompt(agent.system, spec.problem_statement, agent.tool_docs)
         episode = edit_trajectory(edit, spec.base_files[edit["path"]], BUILTIN_FORMAT)
-        call = BUILTIN_FORMAT.call("str_replace_editor", {"command": "str_replace", **edit})
-        out.append((tokenizer(prompt).input_ids,
-                    tokenizer(episode, add_special_tokens=False).input_ids + [tokenizer.eos_token_id],
-                    len(tokenizer(call, add_special_tokens=False).input_ids)))
+        out.append((encoder.encode(prompt), *encoder.encode_answer(episode),
+                    len(tokenizer(episode[0], add_special_tokens=False).input_ids)))
     return out
 
 
 def batch(pairs, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The warm-up's batch (`sft_batch`): input ids (B, L), the episode's targets (B, L-1) and mask,
-    and which targets are its first call's."""
-    prompts, answers, call_tokens = zip(*pairs)
-    sft = sft_batch(list(prompts), list(answers), pad_id)
+    """The warm-up's batch (`sft_batch`): input ids (B, L), the episode's trained targets (B, L-1) (its
+    turns, not the editor's report), and which targets are its first call's."""
+    prompts, answers, trained, call_tokens = zip(*pairs)
+    sft = sft_batch(list(prompts), list(answers), pad_id, list(trained))
     mask = sft.loss_mask.bool()
     call = mask & (mask.cumsum(-1) <= torch.tensor(call_tokens)[:, None])
     return sft.input_ids, mask, call
@@ -114,7 +114,7 @@ def main() -> None:
     train, held_out = encoded(train, tokenizer, cfg), encoded(held_out, tokenizer, cfg)
     random.Random(tc.seed).shuffle(train)
     print(f"{len(train)} training tasks, {len(held_out)} held out; prompt {len(train[0][0])} tokens, episode "
-          f"{len(train[0][1])}, first call {train[0][2]}; batch {tc.sft_batch_size}, lr {tc.sft_lr:g}, "
+          f"{len(train[0][1])} ({sum(train[0][2])} trained), first call {train[0][3]}; batch {tc.sft_batch_size}, lr {tc.sft_lr:g}, "
           f"AdamW betas {lc.beta1:g}, {lc.beta2:g}, eps {lc.eps:g}, weight decay {lc.weight_decay:g}", flush=True)
     started = time.perf_counter()
     for step in range(1, args.steps + 1):
@@ -122,7 +122,7 @@ def main() -> None:
         ids, mask, _ = batch([train[(first + i) % len(train)] for i in range(tc.sft_batch_size)],
                              tokenizer.pad_token_id)
         logp = target_logits(model, ids).log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-        loss = -(logp * mask).sum() / mask.sum()  # the warm-up's loss: mean NLL of the episodes' tokens
+        loss = -(logp * mask).sum() / mask.sum()  # the warm-up's loss: mean NLL of the episodes' trained tokens
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.learner.grad_clip)  # as the learner's DeepSpeed does

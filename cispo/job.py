@@ -310,8 +310,8 @@ class Job:
             losses, pairs = [], self._reference_pairs()
             for _ in tqdm(range(tc.sft_steps), desc="warm-up (supervised)", unit="step", dynamic_ncols=True,
                           disable=not self.cfg.logger.progress_bar):
-                prompts, answers = zip(*(next(pairs) for _ in range(tc.sft_batch_size)))
-                batch = sft_batch(list(prompts), list(answers), self.tokenizer.pad_token_id)
+                prompts, answers, trained = zip(*(next(pairs) for _ in range(tc.sft_batch_size)))
+                batch = sft_batch(list(prompts), list(answers), self.tokenizer.pad_token_id, list(trained))
                 losses.append(self.learner.sft_step(batch, tc.sft_lr)["sft_loss"])
             self.push_weights(0)
             self.tracker.log_static({"sft/loss_first": losses[0], "sft/loss_last": losses[-1]})
@@ -321,15 +321,15 @@ class Job:
             self.tracker.log(0, self.evaluate(), advance=False)
 
     def _reference_pairs(self):
-        """(prompt ids, answer ids) of the task's reference pairs in order, skipping those longer than
-        the model's context."""
+        """(prompt ids, answer ids, which answer ids are trained) of the task's reference pairs in order,
+        skipping those longer than the model's context."""
         limit, too_long = self.cfg.model.max_position_embeddings, 0
         for index in itertools.count():
             prompt, answer = self.task.reference_pair(index)
-            ids, answer_ids = self.encoder.encode(prompt), self.encoder.encode_answer(answer)
+            ids, (answer_ids, trained) = self.encoder.encode(prompt), self.encoder.encode_answer(answer)
             if len(ids) + len(answer_ids) <= limit:
                 too_long = 0
-                yield ids, answer_ids
+                yield ids, answer_ids, trained
             else:
                 too_long += 1
                 if too_long == 10_000:

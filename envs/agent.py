@@ -255,16 +255,20 @@ class _Episode:
         return lo
 
     def _add_observation(self, text: str) -> None:
-        """Observation tokens: the format's frame around the tool's output, cut to the per-observation
-        cap and the budget; the output is cut first, so the model still sees that it is its turn."""
+        """Observation tokens: the format's frame around the tool's output, tokenised whole (as the
+        warm-up tokenises a reference episode's observation) when it fits the per-observation cap and
+        the budget; otherwise the output is cut first, so the model still sees that it is its turn."""
         head = self.fmt.observation_head
         eos = self.tok.eos_token
         if eos and self.ids and self.ids[-1] == self.tok.eos_token_id and head.startswith(eos):
             head = head[len(eos):]  # the turn ended with the stop token the frame would close it with
         encode = lambda s: self.tok.encode(s, add_special_tokens=False)  # noqa: E731
-        tail = encode(self.fmt.observation_tail + self.fmt.turn_prefix)
+        closing = self.fmt.observation_tail + self.fmt.turn_prefix
         cap = min(self.config.max_observation_tokens, self.budget())
-        ids = ((encode(head) + encode(text))[: max(cap - len(tail), 0)] + tail)[:cap]
+        ids = encode(head + text + closing)
+        if len(ids) > cap:
+            tail = encode(closing)
+            ids = ((encode(head) + encode(text))[: max(cap - len(tail), 0)] + tail)[:cap]
         self.ids += ids
         self.logprobs += [0.0] * len(ids)
         self.mask += [0] * len(ids)

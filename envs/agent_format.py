@@ -58,6 +58,10 @@ class AgentFormat:
     call: Callable[[str, dict[str, Any]], str]  # (tool name, arguments) -> the call as the model writes it
     tools: list[dict] | None  # declared through the chat template; None: described in the prompt's text
 
+    def observation(self, output: str) -> str:
+        """A tool's output as the policy reads it, up to the policy's next turn."""
+        return self.observation_head + output + self.observation_tail + self.turn_prefix
+
     def prompt(self, system: str, problem_statement: str, tool_docs: bool = True) -> str | Messages:
         """The episode's prompt: chat messages for a template (rendered with `tools`), or plain text,
         with the tools described in it unless `tool_docs` is False."""

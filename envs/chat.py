@@ -19,7 +19,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from cispo.envs.task import Messages, Task, TaskRow
+from cispo.envs.task import Messages, ReferenceAnswer, Task, TaskRow
 
 log = logging.getLogger(__name__)
 
@@ -130,11 +130,23 @@ class PromptEncoder:
         """The prompt as the policy sees it, for logs (its tokenisation need not equal `encode`)."""
         return self._render(prompt, tokenize=False) if self.uses_template else self._plain(prompt)
 
-    def encode_answer(self, answer: str) -> list[int]:
-        """A warm-up target: the answer's tokens, no special tokens added, then EOS (the stop token)."""
+    def encode_answer(self, answer: ReferenceAnswer) -> tuple[list[int], list[int]]:
+        """A warm-up target: the answer's tokens, no special tokens added, then EOS (the stop token), and
+        which of them are trained (1) or context (0). A plain answer is trained whole; of an episode's
+        turns (`ReferenceAnswer`) the policy's are trained, with the EOS, and the observations are not.
+        Each turn is tokenised on its own, as an episode's turns and observations are."""
         if self.tokenizer.eos_token_id is None:
             raise PromptError("the tokenizer has no eos_token: a warm-up answer needs a stop token")
-        return list(self.tokenizer(answer, add_special_tokens=False).input_ids) + [self.tokenizer.eos_token_id]
+        turns = [answer] if isinstance(answer, str) else answer
+        if not (isinstance(turns, list) and len(turns) % 2 == 1 and all(isinstance(t, str) for t in turns)):
+            raise PromptError(f"a warm-up answer is a string or an episode's turns (a list of strings, the "
+                              f"policy's first and last, observations between them), got {clip(answer)}")
+        ids, trained = [], []
+        for i, turn in enumerate(turns):
+            turn_ids = list(self.tokenizer(turn, add_special_tokens=False).input_ids)
+            ids += turn_ids
+            trained += [1 - i % 2] * len(turn_ids)
+        return ids + [self.tokenizer.eos_token_id], trained + [1]
 
 
 class OverlongPrompts:

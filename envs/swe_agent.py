@@ -26,20 +26,18 @@ from cispo.types import Sample, SamplingParams
 _HEREDOC_END = "CISPO_GOLD_PATCH_END"
 
 
-def reference_trajectory(patch: str, fmt: AgentFormat) -> str:
-    """An episode that applies `patch` with git and submits: its turns and observations, in `fmt`."""
+def reference_trajectory(patch: str, fmt: AgentFormat) -> list[str]:
+    """An episode that applies `patch` with git and submits, as its turns (`ReferenceAnswer`), in `fmt`."""
     apply = fmt.call("bash", {"command": f"git apply <<'{_HEREDOC_END}'\n{patch}{_HEREDOC_END}"})
-    applied = fmt.observation_head + "[exit code 0]" + fmt.observation_tail  # git apply prints nothing
-    return apply + applied + fmt.turn_prefix + fmt.call("submit", {})
+    return [apply, fmt.observation("[exit code 0]"), fmt.call("submit", {})]  # git apply prints nothing
 
 
-def edit_trajectory(edit: dict[str, str], file_text: str, fmt: AgentFormat) -> str:
+def edit_trajectory(edit: dict[str, str], file_text: str, fmt: AgentFormat) -> list[str]:
     """An episode that makes `edit` with one `str_replace_editor` call on a file that reads `file_text`
-    and submits: its turns and the editor's report, in `fmt`."""
+    and submits, as its turns (`ReferenceAnswer`), in `fmt`: the call, the editor's report, submit."""
     call = fmt.call("str_replace_editor", {"command": "str_replace", **edit})
     _, report = str_replace(file_text, edit["old_str"], edit["new_str"], os.path.normpath(f"{REPO}/{edit['path']}"))
-    edited = fmt.observation_head + report + "\n" + fmt.observation_tail  # the editor prints its report
-    return call + edited + fmt.turn_prefix + fmt.call("submit", {})
+    return [call, fmt.observation(report + "\n"), fmt.call("submit", {})]
 
 
 class AgentTask:
@@ -48,7 +46,7 @@ class AgentTask:
 
     def __init__(self, task: SWETask, config: AgentConfig, fmt: AgentFormat):
         self.task, self.config, self.fmt, self.name, self.tools = task, config, fmt, task.name, fmt.tools
-        self._references: dict[str, str] = {}  # by instance id: an edit's reference reads the repository
+        self._references: dict[str, list[str]] = {}  # by instance id: an edit's reference reads the repository
 
     def _agent_row(self, metadata: dict) -> TaskRow:
         instance = self.task.instance(metadata["instance_id"])

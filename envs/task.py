@@ -21,6 +21,11 @@ from cispo.reward.loader import load_object
 # A chat prompt: OpenAI-style messages, [{"role": "user", "content": "..."}, ...].
 Messages = list[dict[str, str]]
 
+# A warm-up answer: the text the policy should write, or an agent episode as its turns in order,
+# the policy's and the tools' alternating, the policy's first: ["call", "observation", "call", ...].
+# The warm-up trains on the policy's turns only; an observation is context, as in an RL episode.
+ReferenceAnswer = str | list[str]
+
 
 @dataclass(frozen=True)
 class TaskRow:
@@ -43,7 +48,7 @@ class Task(Protocol):
     def eval_rows(self) -> list[TaskRow]:
         """The held-out rows, the same on every call."""
 
-    def reference_pair(self, index: int) -> tuple[str | Messages, str]:
+    def reference_pair(self, index: int) -> tuple[str | Messages, ReferenceAnswer]:
         """(prompt, reference answer) number `index`, for the supervised warm-up."""
 
     def build_tokenizer(self):

@@ -116,11 +116,14 @@ def _routing(samples: list[Sample], length: int) -> dict[str, torch.Tensor]:
     return {"routed_experts": experts, "routing_recorded": recorded}
 
 
-def sft_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> TrainBatch:
-    """A supervised batch: the reference responses, advantage 1, behaviour log-prob 0."""
+def sft_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int,
+              trained: list[list[int]] | None = None) -> TrainBatch:
+    """A supervised batch: the reference responses, advantage 1, behaviour log-prob 0; `trained`: each
+    response's loss mask (1 trained, 0 context such as an agent's observations), all 1 if not given."""
+    masks = trained or [[1] * len(r) for r in responses]
     samples = [
         Sample(sample_id=str(i), group_id=str(i), prompt_ids=p, response_ids=r, behaviour_logprobs=[0.0] * len(r),
-               finish_reason="stop", policy_version=0, reward=1.0, advantage=1.0)
-        for i, (p, r) in enumerate(zip(prompts, responses))
+               finish_reason="stop", policy_version=0, loss_mask=m, reward=1.0, advantage=1.0)
+        for i, (p, r, m) in enumerate(zip(prompts, responses, masks))
     ]
     return make_batch(samples, pad_id)

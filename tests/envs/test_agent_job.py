@@ -17,7 +17,7 @@ import cispo.cli  # noqa: F401  (registers `config_schema` in Hydra's ConfigStor
 from cispo.config import validate
 from cispo.envs.agent import AgentConfig, run_episode
 from cispo.envs.agent_format import BUILTIN_FORMAT, agent_format
-from cispo.envs.agent_tools import end_of_call, parse_tool_call
+from cispo.envs.agent_tools import parse_tool_call
 from cispo.envs.chat import PromptEncoder
 from cispo.envs.swe_agent import AgentTask, reference_trajectory
 from cispo.envs.swe_task import SWETask
@@ -71,16 +71,19 @@ def test_an_episode_in_the_templates_own_tool_format_is_token_exact(tmp_path, po
         instance = task.instance(agent_task.row(i).metadata["instance_id"])
         apply_turn, submit_turn = fmt.call("bash", {"command": "x"}), fmt.call("submit", {})
         assert parse_tool_call(submit_turn).name == "submit"
-        apply_turn = answer[: end_of_call(answer)]
+        apply_turn = answer[0]
         policy = Turns(tokenizer, [apply_turn, submit_turn])
         res = run_episode(instance, policy, tokenizer, pool, config=config, prompt_ids=encoder.encode(prompt),
                           fmt=fmt)
         assert (res.status, res.finish_reason, res.turns) == ("resolved", "stop", 2), res.error
-        assert tokenizer.decode(res.response_ids) == answer == reference_trajectory(instance.patch, fmt)
+        assert answer == reference_trajectory(instance.patch, fmt)
+        assert tokenizer.decode(res.response_ids) == "".join(answer)
         assert res.tool_calls == {"bash": 1, "submit": 1} and res.malformed_calls == res.tool_timeouts == 0
         observation = [t for t, m in zip(res.response_ids, res.loss_mask) if m == 0]
         assert res.response_ids == policy.sampled[0] + observation + policy.sampled[1]
         assert res.loss_mask == [1] * len(policy.sampled[0]) + [0] * len(observation) + [1] * len(policy.sampled[1])
+        # the warm-up trains on this episode's own tokens and mask, then the stop token
+        assert encoder.encode_answer(answer) == (res.response_ids + [tokenizer.eos_token_id], res.loss_mask + [1])
         if template:  # the observation is framed as the template frames a tool message
             framed = tokenizer.apply_chat_template(
                 [*prompt, {"role": "assistant", "content": "A"}, {"role": "tool", "content": "[exit code 0]"}],

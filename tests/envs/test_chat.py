@@ -126,7 +126,20 @@ def test_a_system_prompt_without_a_template_is_refused():
 
 
 def test_a_warm_up_answer_is_its_tokens_then_eos_without_bos():
-    assert PromptEncoder(make_tokenizer()).encode_answer("five") == ids("five", "</s>")
+    five = ids("five", "</s>")
+    assert PromptEncoder(make_tokenizer()).encode_answer("five") == (five, [1] * len(five))
+
+
+def test_a_warm_up_episode_trains_the_policys_turns_and_not_the_observations():
+    call, seen, done = ids("what", "is"), ids("two"), ids("plus", "three")
+    got = PromptEncoder(make_tokenizer()).encode_answer(["what is", "two", "plus three"])
+    assert got == (call + seen + done + ids("</s>"), [1] * len(call) + [0] * len(seen) + [1] * (len(done) + 1))
+
+
+@pytest.mark.parametrize("answer", [["what", "two"], [], ["what", 3, "two"], 7])
+def test_a_malformed_warm_up_answer_is_refused(answer):
+    with pytest.raises(PromptError, match="a warm-up answer is a string or an episode's turns"):
+        PromptEncoder(make_tokenizer()).encode_answer(answer)
 
 
 @pytest.mark.parametrize("value,problem", [

@@ -268,7 +268,7 @@ def test_the_byte_tokenizer_renders_chats_and_survives_a_save(tmp_path):
         got = encoder.encode(chat)
         assert got[0] == tok.bos_token_id and tok.bos_token_id not in got[1:]
         assert tok.decode(got[1:]) == encoder.text(chat)[len("<bos>"):]  # one token per byte after <bos>
-        assert encoder.encode_answer("4") == tok("4", add_special_tokens=False).input_ids + [tok.eos_token_id]
+        assert encoder.encode_answer("4")[0] == tok("4", add_special_tokens=False).input_ids + [tok.eos_token_id]
     assert PromptEncoder(reloaded).encode(chat) == PromptEncoder(tokenizer).encode(chat)
 
 

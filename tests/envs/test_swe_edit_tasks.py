@@ -8,7 +8,6 @@ import pytest
 
 from cispo.envs.agent import AgentConfig, run_episode
 from cispo.envs.agent_format import BUILTIN_FORMAT
-from cispo.envs.agent_tools import end_of_call
 from cispo.envs.swe_agent import AgentTask, edit_trajectory, reference_trajectory
 from cispo.envs.swe_edit_tasks import edit_task, specs
 from cispo.envs.repo import read_file
@@ -47,11 +46,11 @@ def test_the_editor_reference_episode_is_token_exact_and_resolves(tmp_path, pool
     prompt, answer = agent_task.reference_pair(0)
     meta = agent_task.row(0).metadata
     instance = task.instance(meta["instance_id"])
-    edit_turn, submit_turn = answer[: end_of_call(answer)], BUILTIN_FORMAT.call("submit", {})
+    edit_turn, submit_turn = answer[0], answer[2]
     policy = Turns(tokenizer, [edit_turn, submit_turn])
     res = run_episode(instance, policy, tokenizer, pool, config=config, prompt_ids=tokenizer.encode(prompt))
     assert (res.status, res.finish_reason, res.turns) == ("resolved", "stop", 2), res.error
-    assert tokenizer.decode(res.response_ids) == answer
+    assert tokenizer.decode(res.response_ids) == "".join(answer) and submit_turn == BUILTIN_FORMAT.call("submit", {})
     assert res.tool_calls == {"str_replace_editor": 1, "submit": 1} and res.malformed_calls == 0
     observation = [t for t, m in zip(res.response_ids, res.loss_mask) if m == 0]
     assert res.response_ids == policy.sampled[0] + observation + policy.sampled[1]
