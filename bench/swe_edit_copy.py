@@ -52,8 +52,8 @@ def encoded(tasks, tokenizer, cfg: Config) -> list[tuple[list[int], list[int], l
     for spec, edit in tasks:
         prompt = BUILTIN_FORMAT.prompt(agent.system, spec.problem_statement, agent.tool_docs)
         episode = edit_trajectory(edit, spec.base_files[edit["path"]], BUILTIN_FORMAT)
-        out.append((encoder.encode(prompt), *encoder.encode_answer(episode),
-                    len(tokenizer(episode[0], add_special_tokens=False).input_ids)))
+        ids, trained = encoder.encode_answer(episode)
+        out.append((encoder.encode(prompt), ids, trained, trained.index(0)))  # the first call: up to the report
     return out
 
 

@@ -258,16 +258,16 @@ class _Episode:
         """Observation tokens: the format's frame around the tool's output, tokenised whole (as the
         warm-up tokenises a reference episode's observation) when it fits the per-observation cap and
         the budget; otherwise the output is cut first, so the model still sees that it is its turn."""
-        head = self.fmt.observation_head
+        head, framed = self.fmt.observation_head, self.fmt.observation(text)
         eos = self.tok.eos_token
         if eos and self.ids and self.ids[-1] == self.tok.eos_token_id and head.startswith(eos):
-            head = head[len(eos):]  # the turn ended with the stop token the frame would close it with
+            # the turn ended with the stop token the frame would close it with
+            head, framed = head[len(eos):], framed[len(eos):]
         encode = lambda s: self.tok.encode(s, add_special_tokens=False)  # noqa: E731
-        closing = self.fmt.observation_tail + self.fmt.turn_prefix
         cap = min(self.config.max_observation_tokens, self.budget())
-        ids = encode(head + text + closing)
+        ids = encode(framed)
         if len(ids) > cap:
-            tail = encode(closing)
+            tail = encode(self.fmt.observation_tail + self.fmt.turn_prefix)
             ids = ((encode(head) + encode(text))[: max(cap - len(tail), 0)] + tail)[:cap]
         self.ids += ids
         self.logprobs += [0.0] * len(ids)

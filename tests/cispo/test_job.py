@@ -175,6 +175,26 @@ def test_a_part_started_in_the_background_is_stopped_and_a_failure_the_job_does_
     assert "an engine died while loading" in caplog.text
 
 
+def test_the_warm_up_trains_an_episodes_own_turns_and_not_its_observations():
+    """The warm-up's pairs and batch as `Job.warm_up` makes them, from a task whose reference answer is an
+    episode's turns: the loss mask is 1 on the calls and the stop token, 0 on the observation."""
+    from types import SimpleNamespace
+
+    from cispo.envs.chat import PromptEncoder
+    from cispo.envs.swe_task import SWETask
+    from cispo.learner.batch import sft_batch
+
+    tokenizer = SWETask.build_tokenizer()
+    task = SimpleNamespace(reference_pair=lambda index: ("fix it", ["call", "observed", "submit"]))
+    job = SimpleNamespace(cfg=SimpleNamespace(model=SimpleNamespace(max_position_embeddings=64)), task=task,
+                          encoder=PromptEncoder(tokenizer, chat_template="none"))
+    prompt, answer, trained = next(Job._reference_pairs(job))
+    n = lambda text: len(tokenizer(text, add_special_tokens=False).input_ids)  # noqa: E731
+    assert trained == [1] * n("call") + [0] * n("observed") + [1] * (n("submit") + 1)
+    batch = sft_batch([prompt], [answer], tokenizer.pad_token_id, [trained])
+    assert batch.loss_mask[0, len(prompt) - 1:].tolist() == trained
+
+
 def test_engines_that_cannot_load_name_the_checkpoint(ray_session, tmp_path):
     missing = tmp_path / "no_such_policy"
     with pytest.raises(RolloutError, match=f"did not start: an engine died while loading {missing}"):
