@@ -29,7 +29,7 @@ from cispo.algo.groups import prepare_groups
 from cispo.algo.losses import resolve_loss
 from cispo.checkpoint import TrainState, checkpoint_dir, deepspeed_dir, latest_checkpoint, tag, write_state
 from cispo.config import Config, ConfigError, resume_mode
-from cispo.envs.chat import OverlongPrompts, PromptEncoder, encode_row, eval_rows_that_fit, where
+from cispo.envs.chat import OverlongPrompts, PromptEncoder, PromptError, encode_row, eval_rows_that_fit, where
 from cispo.envs.agent import AgentConfig
 from cispo.envs.agent_format import BUILTIN_FORMAT, agent_format
 from cispo.envs.pool import SandboxPool
@@ -326,7 +326,10 @@ class Job:
         limit, too_long = self.cfg.model.max_position_embeddings, 0
         for index in itertools.count():
             prompt, answer = self.task.reference_pair(index)
-            ids, (answer_ids, trained) = self.encoder.encode(prompt), self.encoder.encode_answer(answer)
+            try:
+                ids, (answer_ids, trained) = self.encoder.encode(prompt), self.encoder.encode_answer(answer)
+            except PromptError as e:
+                raise PromptError(f"task.name={self.cfg.task.name!r}, warm-up reference pair {index}: {e}") from e
             if len(ids) + len(answer_ids) <= limit:
                 too_long = 0
                 yield ids, answer_ids, trained

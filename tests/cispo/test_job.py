@@ -195,6 +195,24 @@ def test_the_warm_up_trains_an_episodes_own_turns_and_not_its_observations():
     assert batch.loss_mask[0, len(prompt) - 1:].tolist() == trained
 
 
+def test_a_malformed_warm_up_answer_is_refused_naming_the_task_and_the_pair():
+    from types import SimpleNamespace
+
+    from cispo.envs.chat import PromptEncoder, PromptError
+    from cispo.envs.swe_task import SWETask
+
+    answers = ["fine", ["call", "observed", "submit"], ["call", "observed"]]  # the third has no last call
+    task = SimpleNamespace(reference_pair=lambda index: ("fix it", answers[index]))
+    job = SimpleNamespace(cfg=SimpleNamespace(model=SimpleNamespace(max_position_embeddings=64),
+                                              task=SimpleNamespace(name="my_tasks.py:TurnsTask")),
+                          task=task, encoder=PromptEncoder(SWETask.build_tokenizer(), chat_template="none"))
+    pairs = Job._reference_pairs(job)
+    next(pairs), next(pairs)
+    with pytest.raises(PromptError, match=r"task.name='my_tasks.py:TurnsTask', warm-up reference pair 2: "
+                                          r"a warm-up answer is .* got \['call', 'observed'\]"):
+        next(pairs)
+
+
 def test_engines_that_cannot_load_name_the_checkpoint(ray_session, tmp_path):
     missing = tmp_path / "no_such_policy"
     with pytest.raises(RolloutError, match=f"did not start: an engine died while loading {missing}"):
