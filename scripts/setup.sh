@@ -61,5 +61,30 @@ if ! command -v chromium >/dev/null 2>&1; then
   fi
 fi
 
+# A CPU learner's DeepSpeed builds its shared-memory op on first start (~80 s), behind a lock file
+# that a killed build leaves behind: every later learner then waits on it for good, saying nothing.
+# Build it here: a lock younger than 10 minutes is a build in progress, to wait for; an older one
+# (a build takes ~80 s) is a killed build's, to remove.
+if ! have_gpu; then
+  DS_ACCELERATOR=cpu "$PY" - <<'EOF'
+import os, time
+from torch.utils.cpp_extension import _get_build_directory
+from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder
+builder = ShareMemCommBuilder()
+build_dir = _get_build_directory(builder.name, verbose=False)
+lock = os.path.join(build_dir, "lock")
+if os.path.exists(lock) and time.time() - os.path.getmtime(lock) < 600:
+    print(f"setup: waiting for another process's DeepSpeed op build to finish (lock {lock})", flush=True)
+    while os.path.exists(lock) and time.time() - os.path.getmtime(lock) < 600:
+        time.sleep(2)
+if os.path.exists(lock):
+    print(f"setup: removing {lock}, left by a DeepSpeed op build that was killed")
+    os.remove(lock)
+if not os.path.exists(os.path.join(build_dir, builder.name + ".so")):
+    print("setup: building DeepSpeed's CPU shared-memory op (once, ~80 s)")
+builder.load(verbose=False)
+EOF
+fi
+
 bash scripts/docker_daemon.sh
 "$VENV/bin/cispo-env" build-image --if-missing
