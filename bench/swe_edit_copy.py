@@ -16,6 +16,8 @@ every `--every` steps reports on `--held-out` other tasks (other file names, oth
 
 Tasks are drawn by `cispo.envs.swe_edit_tasks.specs` (no repositories are built: the
 reference episode needs only the issue and the file), so `--train` can be in the thousands.
+The policy's tokenizer is the job's: with `model.bpe_vocab=N` (the experiment's 512) one learnt
+from the training tasks' prompts and episodes, with `model.bpe_vocab=0` one token per byte.
 
     .venv/bin/python bench/swe_edit_copy.py [--train 4000] [--steps 1500] [--every 100] [OVERRIDES...]
 """
@@ -35,6 +37,7 @@ from omegaconf import OmegaConf
 import cispo.cli  # noqa: F401 - registers the config schema
 from cispo.config import Config
 from cispo.envs.agent_format import BUILTIN_FORMAT
+from cispo.envs.bpe import learn_bpe_tokenizer
 from cispo.envs.chat import PromptEncoder
 from cispo.envs.swe_agent import edit_trajectory
 from cispo.envs.swe_edit_tasks import specs
@@ -55,6 +58,18 @@ def encoded(tasks, tokenizer, cfg: Config) -> list[tuple[list[int], list[int], l
         ids, trained = encoder.encode_answer(episode)
         out.append((encoder.encode(prompt), ids, trained, trained.index(0)))  # the first call: up to the report
     return out
+
+
+def tokenizer_for(tasks, cfg: Config):
+    """The tokenizer the job gives the policy it creates: the task's, or with model.bpe_vocab one learnt
+    from the first 4,096 tasks' prompts and reference episodes (`Job._new_policy_tokenizer`)."""
+    if not cfg.model.bpe_vocab:
+        return SWETask.build_tokenizer()
+    agent = agent_config(cfg)
+    texts = [text for spec, edit in tasks[:4096] for text in (
+        BUILTIN_FORMAT.prompt(agent.system, spec.problem_statement, agent.tool_docs),
+        *edit_trajectory(edit, spec.base_files[edit["path"]], BUILTIN_FORMAT))]
+    return learn_bpe_tokenizer(texts, cfg.model.bpe_vocab)
 
 
 def batch(pairs, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -105,7 +120,7 @@ def main() -> None:
     except ValueError as e:  # more tasks than the generator has names
         parser.error(str(e))
     tc = cfg.trainer
-    tokenizer = SWETask.build_tokenizer()
+    tokenizer = tokenizer_for(train, cfg)
     with tempfile.TemporaryDirectory() as directory:
         model = load_policy(create_policy(cfg.model, tokenizer, directory))
     lc = cfg.learner  # the AdamW settings of the job's warm-up

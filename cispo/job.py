@@ -29,6 +29,7 @@ from cispo.algo.groups import prepare_groups
 from cispo.algo.losses import resolve_loss
 from cispo.checkpoint import TrainState, checkpoint_dir, deepspeed_dir, latest_checkpoint, tag, write_state
 from cispo.config import Config, ConfigError, resume_mode
+from cispo.envs.bpe import learn_bpe_tokenizer
 from cispo.envs.chat import OverlongPrompts, PromptEncoder, PromptError, encode_row, eval_rows_that_fit, where
 from cispo.envs.agent import AgentConfig
 from cispo.envs.agent_format import BUILTIN_FORMAT, agent_format
@@ -151,7 +152,7 @@ class Job:
                 self._clear_previous_run()
             policy_dir = Path(cfg.model.path) if cfg.model.path else self.out / "init"
             if not cfg.model.path:
-                create_policy(cfg.model, self.task.build_tokenizer(), policy_dir)
+                create_policy(cfg.model, self._new_policy_tokenizer(), policy_dir)
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(policy_dir))
@@ -319,6 +320,27 @@ class Job:
                 print(f"warm-up checkpoint: {self.save() / 'hf'}", flush=True)
         if tc.eval_every:
             self.tracker.log(0, self.evaluate(), advance=False)
+
+    def _new_policy_tokenizer(self):
+        """The task's tokenizer, or with model.bpe_vocab one learnt from the first 4,096 reference pairs as
+        the warm-up sees them (an agent's in the built-in format: a created policy has no tool-declaring
+        template), keeping the task tokenizer's chat template."""
+        task_tokenizer, vocab = self.task.build_tokenizer(), self.cfg.model.bpe_vocab
+        if not vocab:
+            return task_tokenizer
+        task = AgentTask(self.task, self.agent, BUILTIN_FORMAT) if self.agent else self.task
+        texts = []
+        for index in range(4096):
+            try:
+                prompt, answer = task.reference_pair(index)
+            except Exception as e:  # a task without reference answers: name the setting that needs them
+                raise ConfigError(f"model.bpe_vocab={vocab} learns the tokenizer from the task's reference pairs, "
+                                  f"and pair {index} failed: {type(e).__name__}: {e}") from e
+            texts += [prompt] if isinstance(prompt, str) else [m["content"] for m in prompt]
+            texts += [answer] if isinstance(answer, str) else answer
+        tokenizer = learn_bpe_tokenizer(texts, vocab)
+        tokenizer.chat_template = task_tokenizer.chat_template  # a dataset's messages render as they did
+        return tokenizer
 
     def _reference_pairs(self):
         """(prompt ids, answer ids, which answer ids are trained) of the task's reference pairs in order,

@@ -16,6 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cispo.checkpoint import latest_checkpoint
+from cispo.config import ConfigError
 from cispo.job import Job, _stop_once_started
 from cispo.rollout.engines import EngineGroup, EngineSpec, RolloutError
 from cispo.tracking import UnreadableRecord, keep_steps_through
@@ -211,6 +212,21 @@ def test_a_malformed_warm_up_answer_is_refused_naming_the_task_and_the_pair():
     with pytest.raises(PromptError, match=r"task.name='my_tasks.py:TurnsTask', warm-up reference pair 2: "
                                           r"a warm-up answer is .* got \['call', 'observed'\]"):
         next(pairs)
+
+
+def test_a_bpe_vocabulary_for_a_task_without_reference_answers_is_a_config_error_naming_the_setting():
+    from types import SimpleNamespace
+
+    from cispo.envs.swe_task import SWETask
+
+    def no_answers(index):
+        raise KeyError("answer")
+
+    job = SimpleNamespace(cfg=SimpleNamespace(model=SimpleNamespace(bpe_vocab=512)), agent=None,
+                          task=SimpleNamespace(reference_pair=no_answers, build_tokenizer=SWETask.build_tokenizer))
+    with pytest.raises(ConfigError, match="model.bpe_vocab=512 learns the tokenizer from the task's reference pairs, "
+                                          "and pair 0 failed: KeyError: 'answer'"):
+        Job._new_policy_tokenizer(job)
 
 
 def test_engines_that_cannot_load_name_the_checkpoint(ray_session, tmp_path):

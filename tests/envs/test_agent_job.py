@@ -51,18 +51,27 @@ class ContainerKiller(threading.Thread):
 TEMPLATES = Path(__file__).with_name("templates")
 
 
-@pytest.mark.parametrize("template", [None, "qwen25_tools.jinja", "llama31_tools.jinja"])
-def test_an_episode_in_the_templates_own_tool_format_is_token_exact(tmp_path, pool, template):
+@pytest.mark.parametrize("template, bpe_vocab", [(None, 0), (None, 400), ("qwen25_tools.jinja", 0),
+                                                 ("llama31_tools.jinja", 0)])
+def test_an_episode_in_the_templates_own_tool_format_is_token_exact(tmp_path, pool, template, bpe_vocab):
     """Tools are declared through a chat template that takes them, calls are written and read in its
     format, observations framed as its tool messages; the warm-up's answer is exactly the token stream of
     an episode that applies the gold patch and submits, and that episode resolves the task. What the
-    learner trains is the sampled ids and the observation ids, in order, observations masked."""
+    learner trains is the sampled ids and the observation ids, in order, observations masked. So too
+    with a BPE vocabulary the job learns from the task (model.bpe_vocab), whose merges cross the
+    boundaries between a call, its observation and the next turn."""
+    from types import SimpleNamespace
+
+    from cispo.job import Job
+
     task = SWETask.synthetic(tmp_path)
-    tokenizer = task.build_tokenizer()
+    config = AgentConfig(max_turns=4)
+    job = SimpleNamespace(cfg=SimpleNamespace(model=SimpleNamespace(bpe_vocab=bpe_vocab)), task=task, agent=config)
+    tokenizer = Job._new_policy_tokenizer(job)
+    assert len(tokenizer) == (bpe_vocab or len(task.build_tokenizer()))
     chat = (TEMPLATES / template).read_text() if template else None
     fmt = agent_format(tokenizer, chat)
     assert (fmt is BUILTIN_FORMAT) == (template is None)
-    config = AgentConfig(max_turns=4)
     agent_task = AgentTask(task, config, fmt)
     encoder = PromptEncoder(tokenizer, chat_template=str(TEMPLATES / template) if template else "none",
                             tools=agent_task.tools)

@@ -272,6 +272,26 @@ def test_the_byte_tokenizer_renders_chats_and_survives_a_save(tmp_path):
     assert PromptEncoder(reloaded).encode(chat) == PromptEncoder(tokenizer).encode(chat)
 
 
+def test_a_learnt_bpe_tokenizer_keeps_the_byte_tokenizers_chat_template(tmp_path):
+    """model.bpe_vocab on a dataset of chats: the created policy's tokenizer still renders messages."""
+    from types import SimpleNamespace
+
+    from cispo.envs.bpe import BASE_VOCAB
+    from cispo.job import Job
+
+    task = DatasetTask(write(tmp_path / "chats.jsonl", chats()), eval_size=0)
+    job = SimpleNamespace(cfg=SimpleNamespace(model=SimpleNamespace(bpe_vocab=300)), task=task, agent=None)
+    Job._new_policy_tokenizer(job).save_pretrained(str(tmp_path / "tok"))
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))  # what the job loads beside a new policy
+    assert BASE_VOCAB < len(tok) <= 300  # 40 short chats may hold fewer pairs worth a merge
+    chat, byte_encoder, encoder = task.row(3).prompt, PromptEncoder(DatasetTask.build_tokenizer()), PromptEncoder(tok)
+    assert encoder.text(chat) == byte_encoder.text(chat)
+    got = encoder.encode(chat)
+    assert got[0] == tok.bos_token_id and tok.bos_token_id not in got[1:]
+    assert tok.decode(got[1:]) == encoder.text(chat)[len("<bos>"):]
+    assert len(got) < len(byte_encoder.encode(chat))  # merges learnt from the chats' own text
+
+
 def test_the_shipped_example_is_what_its_script_writes_and_its_reward_scores_it(monkeypatch):
     monkeypatch.chdir(ROOT)  # conf/task/dataset.yaml names the example relative to the cwd
     cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TaskConfig),
