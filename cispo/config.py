@@ -40,7 +40,8 @@ class PolicyConfig:
     init_seed: int = 0
     # The created policy's tokenizer: 0 keeps the task's own (one token per byte or character); N > 259
     # learns a byte-level BPE vocabulary of N tokens from the task's reference pairs (cispo.envs.bpe), so
-    # a name the policy copies is a few tokens, not one per byte.
+    # a name the policy copies is a few tokens, not one per byte. Like the sizes, ignored with model.path:
+    # the checkpoint's tokenizer (a warm-up checkpoint's is the one learnt) comes with it.
     bpe_vocab: int = 0
 
 @dataclass
@@ -416,9 +417,6 @@ def validate(cfg: Config) -> Config:
 
     _check(m.bpe_vocab == 0 or m.bpe_vocab > BASE_VOCAB, "model.bpe_vocab",
            f"must be 0 (the task's tokenizer) or more than the {BASE_VOCAB} special and byte tokens, got {m.bpe_vocab}")
-    _check(not (m.path and m.bpe_vocab), "model.bpe_vocab",
-           f"is {m.bpe_vocab}, but model.path={m.path} brings its own tokenizer: the BPE vocabulary is learnt only "
-           "for a policy the job creates")
     _check(r.engine in ("vllm", "builtin"), "rollout.engine", f"must be vllm or builtin, got {r.engine!r}")
     if m.path:  # the checkpoint's config.json decides the architecture
         from cispo.policy import PolicyError, check_servable

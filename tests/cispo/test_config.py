@@ -108,7 +108,6 @@ def test_help_shows_each_key_under_its_comment_for_the_composed_config():
     ("learner.world_size=4 ray.num_cpus=2", "reserve 5 CPUs (4 learner ranks"),  # hung for good before
     ("env.mode=agent task=swe_synthetic", "raise model.max_position_embeddings"),  # the default model is too short
     ("model.bpe_vocab=200", "model.bpe_vocab: must be 0 (the task's tokenizer) or more than the 259"),
-    ("model.bpe_vocab=512 model.path=/some/dir", "model.bpe_vocab: is 512, but model.path=/some/dir brings its own"),
 ])
 def test_cli_rejects_a_bad_config_fast_naming_the_key(override, named):
     res, seconds = run_cli(*override.split())
