@@ -58,8 +58,8 @@ def test_an_episode_in_the_templates_own_tool_format_is_token_exact(tmp_path, po
     format, observations framed as its tool messages; the warm-up's answer is exactly the token stream of
     an episode that applies the gold patch and submits, and that episode resolves the task. What the
     learner trains is the sampled ids and the observation ids, in order, observations masked. So too
-    with a BPE vocabulary the job learns from the task (model.bpe_vocab), whose merges cross the
-    boundaries between a call, its observation and the next turn."""
+    with a BPE vocabulary the job learns from the task (model.bpe_vocab), whose tokens span several
+    bytes."""
     from types import SimpleNamespace
 
     from cispo.job import Job
