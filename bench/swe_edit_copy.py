@@ -37,7 +37,7 @@ from omegaconf import OmegaConf
 import cispo.cli  # noqa: F401 - registers the config schema
 from cispo.config import Config
 from cispo.envs.agent_format import BUILTIN_FORMAT
-from cispo.envs.bpe import learn_bpe_tokenizer
+from cispo.envs.bpe import learn_bpe_tokenizer, pair_texts
 from cispo.envs.chat import PromptEncoder
 from cispo.envs.swe_agent import edit_trajectory
 from cispo.envs.swe_edit_tasks import specs
@@ -66,9 +66,9 @@ def tokenizer_for(tasks, cfg: Config):
     if not cfg.model.bpe_vocab:
         return SWETask.build_tokenizer()
     agent = agent_config(cfg)
-    texts = [text for spec, edit in tasks[:4096] for text in (
+    texts = [text for spec, edit in tasks[:4096] for text in pair_texts(
         BUILTIN_FORMAT.prompt(agent.system, spec.problem_statement, agent.tool_docs),
-        *edit_trajectory(edit, spec.base_files[edit["path"]], BUILTIN_FORMAT))]
+        edit_trajectory(edit, spec.base_files[edit["path"]], BUILTIN_FORMAT))]
     return learn_bpe_tokenizer(texts, cfg.model.bpe_vocab)
 
 

@@ -20,6 +20,13 @@ from cispo.envs.swe_task import SPECIAL_TOKENS
 BASE_VOCAB = len(SPECIAL_TOKENS) + 256  # the special tokens and one token per byte: no merges
 
 
+def pair_texts(prompt: str | list[dict], answer: str | list[str]) -> list[str]:
+    """The texts of one reference pair to learn merges from: a prompt or its messages' contents, an
+    answer or its turns."""
+    return ([prompt] if isinstance(prompt, str) else [m["content"] for m in prompt]) + \
+        ([answer] if isinstance(answer, str) else list(answer))
+
+
 def learn_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
     """Up to `vocab_size` tokens: `<pad>`, `<bos>`, `<eos>`, the 256 bytes and the merges most frequent in
     `texts`; `<bos>` is prepended to every encoded text, as the tasks' own tokenizers do."""

@@ -222,11 +222,11 @@ def test_a_bpe_vocabulary_for_a_task_without_reference_answers_is_a_config_error
     def no_answers(index):
         raise KeyError("answer")
 
-    job = SimpleNamespace(cfg=SimpleNamespace(model=SimpleNamespace(bpe_vocab=512)), agent=None,
-                          task=SimpleNamespace(reference_pair=no_answers, build_tokenizer=SWETask.build_tokenizer))
+    job = SimpleNamespace(cfg=SimpleNamespace(model=SimpleNamespace(bpe_vocab=512)))
+    task = SimpleNamespace(reference_pair=no_answers, build_tokenizer=SWETask.build_tokenizer)
     with pytest.raises(ConfigError, match="model.bpe_vocab=512 learns the tokenizer from the task's reference pairs, "
                                           "and pair 0 failed: KeyError: 'answer'"):
-        Job._new_policy_tokenizer(job)
+        Job._new_policy_tokenizer(job, task)
 
 
 def test_engines_that_cannot_load_name_the_checkpoint(ray_session, tmp_path):

@@ -66,8 +66,8 @@ def test_an_episode_in_the_templates_own_tool_format_is_token_exact(tmp_path, po
 
     task = SWETask.synthetic(tmp_path)
     config = AgentConfig(max_turns=4)
-    job = SimpleNamespace(cfg=SimpleNamespace(model=SimpleNamespace(bpe_vocab=bpe_vocab)), task=task, agent=config)
-    tokenizer = Job._new_policy_tokenizer(job)
+    job = SimpleNamespace(cfg=SimpleNamespace(model=SimpleNamespace(bpe_vocab=bpe_vocab)))
+    tokenizer = Job._new_policy_tokenizer(job, AgentTask(task, config, BUILTIN_FORMAT))  # as the job calls it
     assert len(tokenizer) == (bpe_vocab or len(task.build_tokenizer()))
     chat = (TEMPLATES / template).read_text() if template else None
     fmt = agent_format(tokenizer, chat)

@@ -280,8 +280,8 @@ def test_a_learnt_bpe_tokenizer_keeps_the_byte_tokenizers_chat_template(tmp_path
     from cispo.job import Job
 
     task = DatasetTask(write(tmp_path / "chats.jsonl", chats()), eval_size=0)
-    job = SimpleNamespace(cfg=SimpleNamespace(model=SimpleNamespace(bpe_vocab=300)), task=task, agent=None)
-    Job._new_policy_tokenizer(job).save_pretrained(str(tmp_path / "tok"))
+    job = SimpleNamespace(cfg=SimpleNamespace(model=SimpleNamespace(bpe_vocab=300)))
+    Job._new_policy_tokenizer(job, task).save_pretrained(str(tmp_path / "tok"))
     tok = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))  # what the job loads beside a new policy
     assert BASE_VOCAB < len(tok) <= 300  # 40 short chats may hold fewer pairs worth a merge
     chat, byte_encoder, encoder = task.row(3).prompt, PromptEncoder(DatasetTask.build_tokenizer()), PromptEncoder(tok)
