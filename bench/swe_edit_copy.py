@@ -13,19 +13,26 @@ every `--every` steps reports on `--held-out` other tasks (other file names, oth
     exact calls   the fraction whose whole first call is the argmax at every token under
                   teacher forcing, i.e. whose greedy first call would be byte-exact
     call tokens   the fraction of the calls' tokens that are the argmax
+    worst         the call tokens most often missed: the token, how often it is the argmax
+                  where it is the target, and what the argmax is instead (e.g. `' +' 0/46 -> ' -'`:
+                  a policy that cannot tell + from - and writes - for both)
+
+By default the sets and their order are the job's: `task.train_size` training tasks in the
+order the warm-up takes them (the file's) and the `task.eval_size` held-out ones, so a run
+here is the job's warm-up but for DeepSpeed's arithmetic.
 
 Tasks are drawn by `cispo.envs.swe_edit_tasks.specs` (no repositories are built: the
 reference episode needs only the issue and the file), so `--train` can be in the thousands.
 The policy's tokenizer is the job's: with `model.bpe_vocab=N` (the experiment's 512) one learnt
 from the training tasks' prompts and episodes, with `model.bpe_vocab=0` one token per byte.
 
-    .venv/bin/python bench/swe_edit_copy.py [--train 4000] [--steps 1500] [--every 100] [OVERRIDES...]
+    .venv/bin/python bench/swe_edit_copy.py [--train N] [--held-out N] [--steps 1500] [--every 100] [OVERRIDES...]
 """
 
 from __future__ import annotations
 
 import argparse
-import random
+import collections
 import tempfile
 import time
 
@@ -88,23 +95,31 @@ def target_logits(model, input_ids: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def held_out_calls(model, pairs, pad_id: int) -> tuple[float, float]:
-    """(exact calls, call tokens) on `pairs` under teacher forcing."""
+def held_out_calls(model, pairs, tokenizer) -> tuple[float, float, str]:
+    """(exact calls, call tokens, the three call tokens most often missed) on `pairs` under teacher forcing."""
     model.eval()
     exact = right = total = 0
+    targets, misses = collections.Counter(), collections.defaultdict(collections.Counter)
     for i in range(0, len(pairs), 16):
-        ids, _, call = batch(pairs[i:i + 16], pad_id)
-        hit = target_logits(model, ids).argmax(-1) == ids[:, 1:]
+        ids, _, call = batch(pairs[i:i + 16], tokenizer.pad_token_id)
+        argmax = target_logits(model, ids).argmax(-1)
+        hit = argmax == ids[:, 1:]
         exact += int((hit | ~call).all(-1).sum())
         right, total = right + int((hit & call).sum()), total + int(call.sum())
+        targets.update(ids[:, 1:][call].tolist())
+        for target, instead in zip(ids[:, 1:][call & ~hit].tolist(), argmax[call & ~hit].tolist()):
+            misses[target][instead] += 1
     model.train()
-    return exact / len(pairs), right / total
+    worst = sorted(misses, key=lambda t: sum(misses[t].values()) / targets[t], reverse=True)[:3]
+    return exact / len(pairs), right / total, ", ".join(
+        f"{tokenizer.decode([t])!r} {targets[t] - sum(misses[t].values())}/{targets[t]} -> "
+        f"{tokenizer.decode([misses[t].most_common(1)[0][0]])!r}" for t in worst) or "none"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train", type=int, default=4000, help="distinct training tasks")
-    parser.add_argument("--held-out", type=int, default=64)
+    parser.add_argument("--train", type=int, help="distinct training tasks (default: the job's task.train_size)")
+    parser.add_argument("--held-out", type=int, help="held-out tasks (default: the job's task.eval_size)")
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--every", type=int, default=100)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of +experiment=swe_agent (model.*, trainer.*)")
@@ -116,7 +131,8 @@ def main() -> None:
     except ConfigCompositionException as e:  # an override naming no key, or a value of the wrong type
         parser.error(f"{e} ({str(e.__cause__).splitlines()[0]})" if e.__cause__ else str(e))
     try:
-        train, held_out = specs(cfg.task.seed, args.train, args.held_out)
+        train, held_out = specs(cfg.task.seed, cfg.task.train_size if args.train is None else args.train,
+                                cfg.task.eval_size if args.held_out is None else args.held_out)
     except ValueError as e:  # more tasks than the generator has names
         parser.error(str(e))
     tc = cfg.trainer
@@ -126,8 +142,7 @@ def main() -> None:
     lc = cfg.learner  # the AdamW settings of the job's warm-up
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.sft_lr, betas=(lc.beta1, lc.beta2), eps=lc.eps,
                                   weight_decay=lc.weight_decay)
-    train, held_out = encoded(train, tokenizer, cfg), encoded(held_out, tokenizer, cfg)
-    random.Random(tc.seed).shuffle(train)
+    train, held_out = encoded(train, tokenizer, cfg), encoded(held_out, tokenizer, cfg)  # in the job's order
     print(f"{len(train)} training tasks, {len(held_out)} held out; prompt {len(train[0][0])} tokens, episode "
           f"{len(train[0][1])} ({sum(train[0][2])} trained), first call {train[0][3]}; batch {tc.sft_batch_size}, lr {tc.sft_lr:g}, "
           f"AdamW betas {lc.beta1:g}, {lc.beta2:g}, eps {lc.eps:g}, weight decay {lc.weight_decay:g}", flush=True)
@@ -143,9 +158,9 @@ def main() -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.learner.grad_clip)  # as the learner's DeepSpeed does
         optimizer.step()
         if step % args.every == 0 or step == args.steps:
-            exact, tokens = held_out_calls(model, held_out, tokenizer.pad_token_id)
+            exact, tokens, worst = held_out_calls(model, held_out, tokenizer)
             print(f"step {step:5d}  passes {step * tc.sft_batch_size / len(train):4.1f}  loss {loss.item():.3f}  "
-                  f"held-out exact calls {exact:.3f}  call tokens {tokens:.3f}  "
+                  f"held-out exact calls {exact:.3f}  call tokens {tokens:.3f}  worst {worst}  "
                   f"{time.perf_counter() - started:.0f} s", flush=True)
 
 

@@ -38,6 +38,10 @@ class PolicyConfig:
     lm_head_fp32: bool = True
     # Random-init seed of the policy.
     init_seed: int = 0
+    # Whether the created policy's LM head is its input embedding matrix (Qwen2's small models, Llama
+    # 3.2 1B) or a matrix of its own. Tied, two tokens that are interchangeable as outputs get the same
+    # updates from the head and can merge as inputs too; untied, only the input side must tell them apart.
+    tie_embeddings: bool = True
     # The created policy's tokenizer: 0 keeps the task's own (one token per byte or character); N > 259
     # learns a byte-level BPE vocabulary of N tokens from the task's reference pairs (cispo.envs.bpe), so
     # a name the policy copies is a few tokens, not one per byte. Like the sizes, ignored with model.path:

@@ -23,7 +23,7 @@ def create_policy(cfg: PolicyConfig, tokenizer: PreTrainedTokenizerBase, directo
             vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
             num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
             num_key_value_heads=cfg.num_kv_heads, max_position_embeddings=cfg.max_position_embeddings,
-            tie_word_embeddings=True, torch_dtype="float32", **special)
+            tie_word_embeddings=cfg.tie_embeddings, torch_dtype="float32", **special)
         model = AutoModelForCausalLM.from_config(hf_cfg, torch_dtype=torch.float32)
     else:
         from cispo.model import LightningMoELM
@@ -37,7 +37,7 @@ def create_policy(cfg: PolicyConfig, tokenizer: PreTrainedTokenizerBase, directo
             num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
             num_key_value_heads=cfg.num_kv_heads, head_dim=cfg.hidden_size // cfg.num_heads,
             layer_types=layer_types, num_local_experts=cfg.num_experts, num_experts_per_tok=cfg.experts_per_token,
-            max_position_embeddings=cfg.max_position_embeddings, tie_word_embeddings=True,
+            max_position_embeddings=cfg.max_position_embeddings, tie_word_embeddings=cfg.tie_embeddings,
             lm_head_fp32=cfg.lm_head_fp32, **special))
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)

@@ -35,8 +35,9 @@ def read_metrics(output_dir: str) -> list[dict]:
 
 @pytest.mark.slow
 def test_short_job_leaves_wandb_files_and_a_loadable_checkpoint(ray_session, job_config, capsys):
+    """Also with an LM head of its own (model.tie_embeddings=false): every push must carry it to vLLM."""
     # An impossible mismatch threshold: the alarm must fire (a correlation is at most 1).
-    cfg = job_config(trainer__steps=3, trainer__save_every=2, algo__mismatch_alarm=1.5)
+    cfg = job_config(trainer__steps=3, trainer__save_every=2, algo__mismatch_alarm=1.5, model__tie_embeddings=False)
     result = train(cfg)
     printed = capsys.readouterr().out
     assert "WARNING: train/inference mismatch: sampler/learner token-probability correlation" in printed
@@ -50,7 +51,8 @@ def test_short_job_leaves_wandb_files_and_a_loadable_checkpoint(ray_session, job
     for key in ("reward/mean", "reward/pass_rate", "learner/loss", "learner/is_weight_mean", "learner/clip_frac_high",
                 "learner/grad_norm", "learner/prob_corr", "perf/generate_s", "perf/push_s", "perf/samples_per_s"):
         assert key in steps[0], key
-    assert steps[0]["learner/prob_corr"] > 0.999  # synchronous: sampler and learner hold the same weights
+    # Synchronous: sampler and learner hold the same weights, the head included, after each push.
+    assert all(m["learner/prob_corr"] > 0.999 for m in steps)
 
     run_files = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
     assert run_files and run_files[0].stat().st_size > 0
@@ -60,6 +62,8 @@ def test_short_job_leaves_wandb_files_and_a_loadable_checkpoint(ray_session, job
     assert (out / "checkpoints" / "step_000002" / "trainer_state.json").exists()
     hf_dir = ckpt / "hf"
     model = AutoModelForCausalLM.from_pretrained(hf_dir)
+    assert not model.config.tie_word_embeddings
+    assert not torch.equal(model.lm_head.weight, model.model.embed_tokens.weight)
     tokenizer = AutoTokenizer.from_pretrained(hf_dir)
     prompt = tokenizer("3+4=").input_ids
     hf_greedy = model.generate(torch.tensor([prompt]), max_new_tokens=4, do_sample=False,

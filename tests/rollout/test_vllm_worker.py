@@ -20,11 +20,13 @@ from cispo.types import SamplingParams
 PROMPTS = ["1+2=", "7+5=", "3+3=", "9+0="]
 
 
-@pytest.fixture(scope="module")
-def stack(ray_session, tmp_path_factory):
-    """A learner rank and a vLLM engine started from the same random policy."""
+@pytest.fixture(scope="module", params=[True, False], ids=["tied-head", "own-head"])
+def stack(request, ray_session, tmp_path_factory):
+    """A learner rank and a vLLM engine started from the same random policy, whose LM head is its input
+    embedding matrix (model.tie_embeddings) or a matrix of its own."""
     cfg = Config()
     cfg.learner.lr = 1e-2
+    cfg.model.tie_embeddings = request.param
     policy = create_policy(cfg.model, AdditionTask.build_tokenizer(), tmp_path_factory.mktemp("policy"))
     tokenizer = AutoTokenizer.from_pretrained(str(policy))
     learner = LearnerGroup(cfg, str(policy), resolve_loss(cfg.algo, cfg.rollout.max_new_tokens))
@@ -87,6 +89,7 @@ def test_push_makes_engine_greedy_equal_learner_greedy(stack):
     torch.testing.assert_close(learner_logp[mask], batch.old_logp[mask], atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("stack", [True], ids=["tied-head"], indirect=True)
 def test_push_that_cannot_finish_in_time_fails_loudly(stack):
     learner, engines, tokenizer = stack
     busy = engines.workers[0].generate.remote([tokenizer(p).input_ids for p in PROMPTS] * 64,
