@@ -18,8 +18,10 @@ every `--every` steps reports on `--held-out` other tasks (other file names, oth
                   a policy that cannot tell + from - and writes - for both)
 
 By default the sets and their order are the job's: `task.train_size` training tasks in the
-order the warm-up takes them (the file's) and the `task.eval_size` held-out ones, so a run
-here is the job's warm-up but for DeepSpeed's arithmetic.
+order the warm-up takes them (the file's) and the `task.eval_size` held-out ones. With the
+same init and AdamW settings a run here differs from the job's warm-up only in DeepSpeed's
+arithmetic, which is enough for an init to land elsewhere (the README's seed 2: its ` +` and
+` -` merged in the job, not here).
 
 Tasks are drawn by `cispo.envs.swe_edit_tasks.specs` (no repositories are built: the
 reference episode needs only the issue and the file), so `--train` can be in the thousands.

@@ -76,7 +76,9 @@ def _spec(rng: random.Random, module: str) -> tuple[RepoSpec, dict] | None:
 
 def specs(seed: int, train: int, held_out: int) -> tuple[list, list]:
     """(training, held-out) lists of (RepoSpec, reference edit); file names and faulty expressions
-    are unique across both, so a held-out task is never a training task in disguise."""
+    are unique across both, so a held-out task is never a training task in disguise. The held-out
+    tasks are a random share of the draw, not its start: the 256 two-syllable names run out early
+    in a draw, and its first tasks hold far more of them than the rest."""
     if train < 1 or held_out < 0:
         raise ValueError(f"task.train_size must be >= 1 and task.eval_size >= 0, got {train} and {held_out}")
     names = sum(len(_SYLLABLES) ** n for n in (2, 3))  # module names of 2 or 3 syllables
@@ -93,6 +95,7 @@ def specs(seed: int, train: int, held_out: int) -> tuple[list, list]:
         modules.add(module)
         faults.add(task[1]["old_str"])
         drawn.append(task)
+    rng.shuffle(drawn)
     return drawn[held_out:], drawn[:held_out]
 
 
