@@ -71,8 +71,8 @@ class Learner:
 
     # ------------------------------------------------------------------ log-probs
 
-    def _logits(self, batch: TrainBatch) -> torch.Tensor:
-        """(B, L-1, V) FP32 logits of every target token, divided by the sampling temperature.
+    def _logits(self, batch: TrainBatch, temperature: float) -> torch.Tensor:
+        """(B, L-1, V) FP32 logits of every target token, divided by `temperature`.
 
         Through DeepSpeed's forward (`self.model`), never the bare module: ZeRO-3 gathers weights and
         counts micro-steps there (skipping it silently drops accumulated gradients).
@@ -81,7 +81,7 @@ class Learner:
         for the step's loss and its routing sums for the step's moe/ metrics."""
         if not self.packed:
             out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-            return out.logits[:, :-1].float() / self.temperature  # the sampler's log-probs are of the tempered policy
+            return out.logits[:, :-1].float() / temperature
         real = batch.attention_mask.bool()  # (B, L)
         cu_seqlens = F.pad(real.sum(-1).cumsum(0), (1, 0)).to(torch.int32)  # (B+1,)
         routing = sampler_routing(batch, real)  # the sampler's experts: replayed or compared with
@@ -90,7 +90,7 @@ class Learner:
         self._routing_sums = routing_sums(out.tokens_per_expert, out.agreeing_tokens, routing)
         logits = out.logits[0].new_zeros(*batch.input_ids.shape, out.logits.shape[-1])  # (B, L, V)
         logits[real] = out.logits[0]
-        return logits[:, :-1].float() / self.temperature
+        return logits[:, :-1].float() / temperature
 
     @staticmethod
     def _target_logp(logits: torch.Tensor, batch: TrainBatch) -> torch.Tensor:
@@ -125,7 +125,7 @@ class Learner:
         for u, (shard, plan, normalizer) in enumerate(zip(shards, plans, normalizers)):
             is_sums = torch.zeros(4, dtype=torch.float64)
             for mb in self._micro_batches(shard, plan):
-                logits = self._logits(mb)
+                logits = self._logits(mb, self.temperature)  # the sampler's log-probs are of the tempered policy
                 logp = self._target_logp(logits, mb)
                 # DeepSpeed averages gradients over ranks: dividing by normalizer / world_size makes
                 # the averaged gradient that of the whole mini-batch's loss.
@@ -165,14 +165,15 @@ class Learner:
             self._grad_norm = float(self.model.get_global_grad_norm() or 0.0)
 
     def sft_step(self, shard: TrainBatch, plan: list[torch.Tensor], normalizer: float, lr: float) -> dict[str, float]:
-        """One supervised step: mean NLL of the reference response tokens."""
+        """One supervised step: mean NLL of the reference response tokens under the policy itself, not the
+        tempered one the sampler draws from (fitting logits / T would leave the policy T times too sharp)."""
         self._engine_to_sleep()
         self.model.train()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         total = 0.0
         for mb in self._micro_batches(shard, plan):
-            logp = self._target_logp(self._logits(mb), mb)
+            logp = self._target_logp(self._logits(mb, 1.0), mb)
             loss = -(logp * mb.loss_mask).sum() / (normalizer / self.world_size)
             self.model.backward(loss, scale_wrt_gas=False)
             self.model.step()
@@ -190,7 +191,7 @@ class Learner:
         out = torch.zeros(shard.old_logp.shape)
         for rows in plan:
             mb = shard.rows(rows).trimmed()
-            logp = self._target_logp(self._logits(mb), mb)
+            logp = self._target_logp(self._logits(mb, self.temperature), mb)
             out[rows, :logp.shape[1]] = logp
         return out
 

@@ -9,7 +9,7 @@ import pytest
 import ray
 import torch
 
-from cispo.learner.batch import make_batch
+from cispo.learner.batch import make_batch, sft_batch
 from cispo.config import Config
 from cispo.envs.addition import AdditionTask
 from cispo.learner.group import LearnerGroup
@@ -104,6 +104,32 @@ def test_the_step_moves_log_probs_along_the_advantages(ray_session, policy_dir):
     # whole goes up the objective sum_i A_i logp_i, and favoured samples gain on disfavoured ones.
     assert float((batch.advantages * change).sum()) > 0
     assert change[batch.advantages > 0].mean() > change[batch.advantages < 0].mean()
+
+
+@pytest.mark.slow
+def test_the_warm_up_fits_the_policy_itself_at_any_sampling_temperature(ray_session, policy_dir):
+    """SFT is the references' likelihood under the policy, not under the tempered policy the sampler draws
+    from: a warm-up step is the same at rollout.temperature 1 and 2, and its loss is the untempered NLL."""
+    samples = random_samples(6, vocab=15, seed=2)
+    batch = sft_batch([s.prompt_ids for s in samples], [s.response_ids for s in samples], pad_id=0)
+    results = {}
+    for temperature in (1.0, 2.0):
+        cfg = Config()
+        cfg.rollout.temperature = temperature
+        group = LearnerGroup(cfg, policy_dir, resolve_loss(cfg.algo, cfg.rollout.max_new_tokens))
+        try:
+            before = group.logprobs(batch)  # at the group's sampling temperature
+            loss = group.sft_step(batch, lr=1e-2)["sft_loss"]
+            results[temperature] = before, loss, dict(ray.get(group.weights_ref()))
+        finally:
+            group.shutdown()
+    (logp_t1, loss_t1, weights_t1), (logp_t2, _, weights_t2) = results[1.0], results[2.0]
+    mask = batch.loss_mask.bool()
+    assert not torch.allclose(logp_t1[mask], logp_t2[mask])  # the temperature reaches the RL log-probs
+    assert loss_t1 == pytest.approx(float(-(logp_t1 * batch.loss_mask).sum() / batch.loss_mask.sum()), rel=1e-5)
+    assert results[2.0][1] == pytest.approx(loss_t1, rel=1e-5)
+    for name in weights_t1:
+        torch.testing.assert_close(weights_t2[name], weights_t1[name], msg=name)
 
 
 @pytest.mark.slow
