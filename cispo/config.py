@@ -309,7 +309,8 @@ class TrainerConfig:
     # When a learner rank dies mid-run, tear the job down and start it again from its last
     # checkpoint (as resume=auto), up to this many times; counted in faults/learner_restarts.
     max_restarts: int = 0
-    # Supervised warm-up on the task's reference answers before RL; 0 steps turns it off.
+    # Supervised warm-up on the task's reference answers before RL; 0 steps turns it off. It fits
+    # the policy's own log-probs (temperature 1), whatever rollout.temperature is.
     sft_steps: int = 100
     sft_batch_size: int = 64
     sft_lr: float = 1e-3
