@@ -112,24 +112,26 @@ def test_the_warm_up_fits_the_policy_itself_at_any_sampling_temperature(ray_sess
     from: a warm-up step is the same at rollout.temperature 1 and 2, and its loss is the untempered NLL."""
     samples = random_samples(6, vocab=15, seed=2)
     batch = sft_batch([s.prompt_ids for s in samples], [s.response_ids for s in samples], pad_id=0)
-    results = {}
+    mask = batch.loss_mask.bool()
+    logp, loss, weights = {}, {}, {}
     for temperature in (1.0, 2.0):
         cfg = Config()
         cfg.rollout.temperature = temperature
         group = LearnerGroup(cfg, policy_dir, resolve_loss(cfg.algo, cfg.rollout.max_new_tokens))
         try:
-            before = group.logprobs(batch)  # at the group's sampling temperature
-            loss = group.sft_step(batch, lr=1e-2)["sft_loss"]
-            results[temperature] = before, loss, dict(ray.get(group.weights_ref()))
+            initial = dict(ray.get(group.weights_ref()))
+            logp[temperature] = group.logprobs(batch)  # of the tempered policy, as the sampler's
+            loss[temperature] = group.sft_step(batch, lr=1e-2)["sft_loss"]
+            weights[temperature] = dict(ray.get(group.weights_ref()))
         finally:
             group.shutdown()
-    (logp_t1, loss_t1, weights_t1), (logp_t2, _, weights_t2) = results[1.0], results[2.0]
-    mask = batch.loss_mask.bool()
-    assert not torch.allclose(logp_t1[mask], logp_t2[mask])  # the temperature reaches the RL log-probs
-    assert loss_t1 == pytest.approx(float(-(logp_t1 * batch.loss_mask).sum() / batch.loss_mask.sum()), rel=1e-5)
-    assert results[2.0][1] == pytest.approx(loss_t1, rel=1e-5)
-    for name in weights_t1:
-        torch.testing.assert_close(weights_t2[name], weights_t1[name], msg=name)
+        assert any(not torch.equal(weights[temperature][n], initial[n]) for n in initial)  # the step moved
+    assert not torch.allclose(logp[1.0][mask], logp[2.0][mask])  # the temperature reaches the RL log-probs
+    untempered_nll = float(-(logp[1.0] * batch.loss_mask).sum() / batch.loss_mask.sum())
+    assert loss[1.0] == pytest.approx(untempered_nll, rel=1e-5)
+    assert loss[2.0] == pytest.approx(untempered_nll, rel=1e-5)
+    for name in weights[1.0]:
+        torch.testing.assert_close(weights[2.0][name], weights[1.0][name], msg=name)
 
 
 @pytest.mark.slow
